@@ -1,0 +1,111 @@
+//! Settings every service has: where it listens and who it is. Each service flattens
+//! [`Listen`] into its own clap settings struct, so a flag and its variable (`--port`, `PORT`)
+//! are declared once.
+
+use std::error::Error as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use clap::Parser;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+
+/// The port both services listen on unless told otherwise; the CloudFormation templates and
+/// the compose file use the same number.
+pub const DEFAULT_PORT: u16 = 3000;
+
+/// Where the service listens and how it names itself.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Listen {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub host: IpAddr,
+
+    /// TCP port to listen on.
+    #[arg(long, env = "PORT", default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+
+    /// This instance's name in answers and logs; when unset, the ECS task (short id and
+    /// availability zone) or else the hostname.
+    #[arg(long, env = "INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// The ECS task metadata endpoint v4; ECS sets it in every task.
+    #[arg(long, env = crate::identity::ECS_METADATA_VARIABLE, hide = true)]
+    pub ecs_metadata_uri: Option<String>,
+}
+
+impl Listen {
+    /// This instance's identity; see [`crate::identity::instance_id`].
+    pub async fn instance_id(&self) -> String {
+        crate::identity::instance_id(
+            self.instance_id.as_deref(),
+            self.ecs_metadata_uri.as_deref(),
+        )
+        .await
+    }
+
+    /// The socket address to bind.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+
+    /// The address a local client (the `healthcheck` subcommand) reaches this server on:
+    /// loopback when the server listens on every address.
+    pub fn local_addr(&self) -> SocketAddr {
+        let ip = match self.host {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        SocketAddr::new(ip, self.port)
+    }
+}
+
+/// Subcommands every service binary has.
+#[derive(Debug, Clone, Copy, clap::Subcommand)]
+pub enum Command {
+    /// GET /healthz on the local server and exit 0 when it answers 200, 1 otherwise; for
+    /// container health checks in images with no shell or curl.
+    Healthcheck,
+}
+
+/// Parses the command line and environment into `T`. Help and version print and exit 0; a bad
+/// value exits 2 with one line that names the variable and its flag.
+pub fn parse_args<T: Parser>() -> T {
+    T::try_parse().unwrap_or_else(|err| {
+        if let Some(line) = one_line(&err) {
+            eprintln!("{line}");
+            std::process::exit(2);
+        }
+        err.exit()
+    })
+}
+
+fn one_line(err: &clap::Error) -> Option<String> {
+    if !matches!(
+        err.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let arg = match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => arg.clone(),
+        _ => return None,
+    };
+    let value = match err.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(value)) => value.clone(),
+        _ => String::new(),
+    };
+    // clap names the argument `--port <PORT>`; the value name is the variable's name.
+    let variable = arg
+        .split_once('<')
+        .map(|(_, rest)| rest.trim_end_matches('>'))
+        .unwrap_or(&arg);
+    let flag = arg.split_whitespace().next().unwrap_or(&arg);
+    let reason = err
+        .source()
+        .map(|source| format!(": {source}"))
+        .unwrap_or_default();
+    Some(format!(
+        "error: invalid value {value:?} for {variable} ({flag}){reason}"
+    ))
+}

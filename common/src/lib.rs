@@ -1,0 +1,24 @@
+//! Plumbing that the `name` and `hello` services share, so each service's own crate holds only
+//! what makes it that service.
+//!
+//! # Layout
+//!
+//! - [`config`]: where a service listens, its instance identity, the `healthcheck` subcommand,
+//!   and the parsing that turns a bad variable into one line naming it.
+//! - [`telemetry`]: the `tracing` subscriber (JSON off a terminal, `RUST_LOG` respected).
+//! - [`identity`]: the instance name, from `INSTANCE_ID`, the ECS task metadata endpoint, or the
+//!   hostname.
+//! - [`shutdown`]: SIGTERM and Ctrl-C as one future.
+//! - [`serve`]: an axum server with request tracing and graceful shutdown.
+//! - [`healthcheck`]: the client side of the `healthcheck` subcommand.
+
+pub mod config;
+pub mod healthcheck;
+pub mod identity;
+pub mod serve;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{Command, DEFAULT_PORT, Listen, parse_args};
+pub use identity::instance_id;
+pub use serve::{serve, wants_json};

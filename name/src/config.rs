@@ -1,0 +1,40 @@
+//! The `name` service's settings. Every field is a flag and an environment variable of the
+//! same name (`--drain-seconds`, `DRAIN_SECONDS`).
+
+use std::time::Duration;
+
+use common::{Command, Listen};
+
+/// The command line: settings, or a subcommand.
+#[derive(Debug, clap::Parser)]
+#[command(name = "name", version, about = "Answers with a random first name.")]
+pub struct Cli {
+    /// A subcommand instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// The service's settings.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Settings for one `name` instance.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Where to listen and how to name this instance.
+    #[command(flatten)]
+    pub listen: Listen,
+
+    /// Seconds to keep serving after SIGTERM while `/readyz` answers 503, so that callers'
+    /// DNS caches let go of this instance before it stops. Set it to at least the DNS record's
+    /// TTL plus the callers' refresh delay.
+    #[arg(long, env = "DRAIN_SECONDS", default_value_t = 0)]
+    pub drain_seconds: u64,
+}
+
+impl Config {
+    /// The drain period as a duration.
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_seconds)
+    }
+}

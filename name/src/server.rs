@@ -1,0 +1,48 @@
+//! Running the service: serve until told to stop, then drain, then close gracefully.
+
+use std::future::Future;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::{AppState, Config, app};
+
+/// Serves on `listener` until `shutdown` completes; then reports not-ready and keeps serving
+/// for the drain period, so callers notice before the instance goes; then stops accepting,
+/// finishes in-flight requests and returns.
+///
+/// ECS removes the task from Cloud Map and sends SIGTERM at the same moment, so callers that
+/// cached the DNS answer still send requests here until their cache expires; the drain period
+/// is what keeps those requests from failing.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let instance = config.listen.instance_id().await;
+    let addr = listener
+        .local_addr()
+        .context("listener has no local address")?;
+    tracing::info!(%addr, %instance, drain_seconds = config.drain_seconds, "name is serving");
+
+    let state = AppState::new(instance);
+    let drain = config.drain();
+    let draining = state.clone();
+    let stop = async move {
+        shutdown.await;
+        if !drain.is_zero() {
+            draining.start_draining();
+            tracing::info!(
+                drain_seconds = drain.as_secs(),
+                "draining: not ready, still serving"
+            );
+            tokio::time::sleep(drain).await;
+        }
+        tracing::info!("closing: finishing in-flight requests");
+    };
+    common::serve(listener, app(state), stop)
+        .await
+        .context("server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
