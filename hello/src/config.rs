@@ -1,0 +1,308 @@
+//! The `hello` service's settings. Every field is a flag and an environment variable of the
+//! same name (`--dns-max-ttl`, `DNS_MAX_TTL`); durations are written `500ms`, `2s`, `1m`.
+//!
+//! "Where" (the service to find, the DNS server to ask) is apart from "how" (TTL bounds,
+//! timeouts, retries, ejection), after hickory's `ResolverConfig` / `ResolverOpts`.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use common::{Command, Listen};
+use url::Url;
+
+/// The service `hello` calls unless told otherwise: Cloud Map service `name` in the private
+/// DNS namespace `internal`, on the port both services use.
+pub const DEFAULT_NAME_SERVICE_URL: &str = "http://name.internal:3000";
+
+/// The command line: settings, or a subcommand.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "hello",
+    version,
+    about = "Greets with a name from the name service, found through DNS."
+)]
+pub struct Cli {
+    /// A subcommand instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// The service's settings.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Settings for one `hello` instance.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Where to listen and how to name this instance.
+    #[command(flatten)]
+    pub listen: Listen,
+
+    /// What to call and how to find it.
+    #[command(flatten)]
+    pub upstream: Upstream,
+
+    /// How to resolve and refresh.
+    #[command(flatten)]
+    pub dns: DnsOptions,
+
+    /// How to call: timeouts, retries, ejection.
+    #[command(flatten)]
+    pub calls: CallOptions,
+}
+
+/// Where the `name` service is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Upstream {
+    /// The service to call. Its host is the DNS name to discover (`<service>.<namespace>` in
+    /// Cloud Map) or an IP address (one fixed endpoint, no DNS); its port is used with A records.
+    #[arg(long, env = "NAME_SERVICE_URL", default_value = DEFAULT_NAME_SERVICE_URL, value_parser = parse_service_url)]
+    pub name_service_url: ServiceUrl,
+
+    /// Which records to ask for: `a` (addresses; the port comes from the URL) or `srv` (the
+    /// port of each instance comes from its record, as Cloud Map SRV records carry it).
+    #[arg(long, env = "DISCOVERY_RECORD", value_enum, default_value_t = RecordKind::A)]
+    pub discovery_record: RecordKind,
+
+    /// DNS server to ask, `ip` or `ip:port`; by default the servers in `/etc/resolv.conf`
+    /// (in a VPC, the Amazon-provided resolver).
+    #[arg(long, env = "DNS_SERVER", value_parser = parse_dns_server)]
+    pub dns_server: Option<SocketAddr>,
+}
+
+/// How discovery refreshes.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct DnsOptions {
+    /// Floor under an answer's TTL: a TTL of 0 must not mean a DNS query per request.
+    #[arg(long, env = "DNS_MIN_TTL", default_value = "1s", value_parser = parse_duration)]
+    pub dns_min_ttl: Duration,
+
+    /// Ceiling over an answer's TTL: a long TTL must not hide scaling for minutes.
+    #[arg(long, env = "DNS_MAX_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub dns_max_ttl: Duration,
+
+    /// How long one lookup may take before it counts as failed and the last good answer is
+    /// kept.
+    #[arg(long, env = "DNS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub dns_timeout: Duration,
+}
+
+/// How requests to `name` are made.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct CallOptions {
+    /// Attempts per request, the first included; each retry goes to another endpoint.
+    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub max_attempts: u32,
+
+    /// Time allowed to open a connection. A task that is gone often drops packets rather than
+    /// refusing them, so this is what a failover costs.
+    #[arg(long, env = "CONNECT_TIMEOUT", default_value = "250ms", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Time allowed for one attempt, connection included.
+    #[arg(long, env = "ATTEMPT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub attempt_timeout: Duration,
+
+    /// Time allowed for a whole request to `hello`, all attempts included; past it the answer
+    /// is a 503.
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Retries allowed as a share of requests over the last ten seconds, in percent.
+    #[arg(long, env = "RETRY_BUDGET_PERCENT", default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub retry_budget_percent: u32,
+
+    /// Retries allowed per second whatever the request rate, so that low traffic can retry.
+    #[arg(long, env = "RETRY_BUDGET_MIN_PER_SECOND", default_value_t = 10)]
+    pub retry_budget_min_per_second: u32,
+
+    /// Consecutive failures (connect error, timeout, 5xx) that eject an endpoint.
+    #[arg(long, env = "EJECT_AFTER_FAILURES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub eject_after_failures: u32,
+
+    /// First ejection's length; each further ejection of the same endpoint doubles it.
+    #[arg(long, env = "EJECT_BASE_TIME", default_value = "2s", value_parser = parse_duration)]
+    pub eject_base_time: Duration,
+
+    /// Longest ejection.
+    #[arg(long, env = "EJECT_MAX_TIME", default_value = "30s", value_parser = parse_duration)]
+    pub eject_max_time: Duration,
+
+    /// Most endpoints ejected at once, in percent of the set (at least one may always be).
+    #[arg(long, env = "EJECT_MAX_PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub eject_max_percent: u32,
+}
+
+impl Config {
+    /// Checks what single fields cannot: bounds that must be ordered.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.dns.dns_min_ttl.is_zero() {
+            return Err(
+                "DNS_MIN_TTL must be above zero: a zero floor would query DNS in a loop".into(),
+            );
+        }
+        if self.dns.dns_min_ttl > self.dns.dns_max_ttl {
+            return Err("DNS_MIN_TTL must not exceed DNS_MAX_TTL".into());
+        }
+        if self.calls.attempt_timeout > self.calls.request_timeout {
+            return Err("ATTEMPT_TIMEOUT must not exceed REQUEST_TIMEOUT".into());
+        }
+        if self.calls.eject_base_time > self.calls.eject_max_time {
+            return Err("EJECT_BASE_TIME must not exceed EJECT_MAX_TIME".into());
+        }
+        Ok(())
+    }
+}
+
+/// Which DNS records name the instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RecordKind {
+    /// A records: one address per instance, all on the URL's port.
+    A,
+    /// SRV records: a port and a target per instance; targets resolved to addresses.
+    Srv,
+}
+
+impl fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::A => "a",
+            Self::Srv => "srv",
+        })
+    }
+}
+
+/// The `name` service's URL, checked: `http`, a host, a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceUrl {
+    /// The host: a DNS name to discover, or a fixed address.
+    pub host: ServiceHost,
+    /// The port to call on A-record or fixed endpoints.
+    pub port: u16,
+}
+
+/// What the URL's host names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceHost {
+    /// A DNS name, discovered and refreshed; kept fully qualified (trailing dot) so no search
+    /// domain is tried.
+    Dns(String),
+    /// One fixed endpoint.
+    Ip(IpAddr),
+}
+
+impl ServiceUrl {
+    /// The name to show in messages: the DNS name without its trailing dot, or the address.
+    pub fn display_host(&self) -> String {
+        match &self.host {
+            ServiceHost::Dns(name) => name.trim_end_matches('.').to_owned(),
+            ServiceHost::Ip(ip) => ip.to_string(),
+        }
+    }
+}
+
+impl FromStr for ServiceUrl {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        parse_service_url(value)
+    }
+}
+
+fn parse_service_url(value: &str) -> Result<ServiceUrl, String> {
+    let url = Url::parse(value).map_err(|err| err.to_string())?;
+    if url.scheme() != "http" {
+        return Err(format!("scheme must be http, not {}", url.scheme()));
+    }
+    if url.path() != "/" || url.query().is_some() {
+        return Err("give only scheme, host and port".into());
+    }
+    let port = url.port_or_known_default().ok_or("no port")?;
+    let host = match url.host() {
+        Some(url::Host::Domain(name)) => {
+            ServiceHost::Dns(format!("{}.", name.trim_end_matches('.')))
+        }
+        Some(url::Host::Ipv4(ip)) => ServiceHost::Ip(ip.into()),
+        Some(url::Host::Ipv6(ip)) => ServiceHost::Ip(ip.into()),
+        None => return Err("no host".into()),
+    };
+    Ok(ServiceUrl { host, port })
+}
+
+fn parse_dns_server(value: &str) -> Result<SocketAddr, String> {
+    value
+        .parse::<SocketAddr>()
+        .or_else(|_| value.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| "expected ip or ip:port".to_owned())
+}
+
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value).map_err(|err| format!("{err} (write it as 500ms, 2s or 1m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Cli::try_parse_from(std::iter::once("hello").chain(args.iter().copied()))
+            .map(|cli| cli.config)
+    }
+
+    #[test]
+    fn defaults_find_name_in_the_internal_namespace() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(
+            config.upstream.name_service_url,
+            ServiceUrl {
+                host: ServiceHost::Dns("name.internal.".into()),
+                port: 3000
+            }
+        );
+        assert_eq!(config.upstream.discovery_record, RecordKind::A);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn an_ip_literal_is_a_fixed_endpoint() {
+        let url: ServiceUrl = "http://127.0.0.1:3001".parse().unwrap();
+        assert_eq!(url.host, ServiceHost::Ip("127.0.0.1".parse().unwrap()));
+        assert_eq!(url.port, 3001);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for args in [
+            &["--name-service-url", "https://name.internal"][..],
+            &["--name-service-url", "not a url"],
+            &["--name-service-url", "http://name.internal:3000/path"],
+            &["--discovery-record", "mx"],
+            &["--dns-server", "dns.example"],
+            &["--dns-min-ttl", "soon"],
+            &["--max-attempts", "0"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn dns_server_port_defaults_to_53() {
+        let config = parse(&["--dns-server", "10.0.0.2"]).unwrap();
+        assert_eq!(
+            config.upstream.dns_server,
+            Some("10.0.0.2:53".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn bounds_must_be_ordered() {
+        let config = parse(&["--dns-min-ttl", "10s", "--dns-max-ttl", "5s"]).unwrap();
+        assert!(config.validate().is_err());
+        let config = parse(&["--dns-min-ttl", "0s"]).unwrap();
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,235 @@
+//! DNS lookups of the `name` service: a DNS name to a full snapshot of socket addresses and
+//! the TTL it may be kept for. No state and no schedule here; [`crate::refresh`] decides when
+//! to ask.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::Context;
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::NetError;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::{RData, Record};
+
+use crate::config::{DnsOptions, RecordKind};
+
+/// One complete answer: every instance DNS returned, and how long the answer is valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The instances, each an address and port.
+    pub addrs: BTreeSet<SocketAddr>,
+    /// The smallest TTL of the records that made the answer.
+    pub ttl: Duration,
+}
+
+/// Why a lookup gave no addresses.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LookupError {
+    /// The name does not exist or has no records of the type asked: an answer, meaning "no
+    /// instances", valid for `ttl` when the server gave a negative TTL.
+    #[error("{name} has no {record} records")]
+    Negative {
+        /// The name asked.
+        name: String,
+        /// The record type asked.
+        record: RecordKind,
+        /// The negative-caching TTL from the server's SOA, if any.
+        ttl: Option<Duration>,
+    },
+    /// No answer: timeout, SERVFAIL, refused, network error. The last good answer stays.
+    #[error("DNS lookup of {name} failed: {reason}")]
+    Failed {
+        /// The name asked.
+        name: String,
+        /// What went wrong, in words.
+        reason: String,
+    },
+}
+
+/// Looks up one service name.
+#[derive(Clone)]
+pub struct Dns {
+    resolver: TokioResolver,
+    name: String,
+    record: RecordKind,
+    port: u16,
+}
+
+impl Dns {
+    /// A resolver for `name` (fully qualified) that asks `server`, or the servers of
+    /// `/etc/resolv.conf` when `None`. `port` is used for A records.
+    pub fn new(
+        name: &str,
+        record: RecordKind,
+        port: u16,
+        server: Option<SocketAddr>,
+        options: &DnsOptions,
+    ) -> anyhow::Result<Self> {
+        let mut builder = match server {
+            Some(server) => {
+                let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
+                    .into_iter()
+                    .map(|mut connection| {
+                        connection.port = server.port();
+                        connection
+                    })
+                    .collect();
+                let name_server = NameServerConfig::new(server.ip(), true, connections);
+                TokioResolver::builder_with_config(
+                    ResolverConfig::from_name_servers(vec![name_server]),
+                    TokioRuntimeProvider::default(),
+                )
+            }
+            None => TokioResolver::builder_tokio().context("cannot read /etc/resolv.conf")?,
+        };
+        let opts = builder.options_mut();
+        opts.timeout = options.dns_timeout;
+        // One try per refresh: a failed refresh keeps the last answer and is retried by the
+        // refresher on its own schedule.
+        opts.attempts = 1;
+        // The refresher is the cache. hickory's cache would answer from memory for as long as
+        // the record's TTL (600 s from Docker's DNS) and hide every change the refresher asks
+        // about; each refresh clears it below.
+        opts.cache_size = 0;
+        let resolver = builder.build().context("cannot build the DNS resolver")?;
+        Ok(Self {
+            resolver,
+            name: name.to_owned(),
+            record,
+            port,
+        })
+    }
+
+    /// The name looked up, fully qualified.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Asks DNS once for every instance.
+    pub async fn lookup(&self) -> Result<Answer, LookupError> {
+        self.resolver.clear_cache();
+        match self.record {
+            RecordKind::A => self.lookup_a().await,
+            RecordKind::Srv => self.lookup_srv().await,
+        }
+    }
+
+    async fn lookup_a(&self) -> Result<Answer, LookupError> {
+        let lookup = self
+            .resolver
+            .ipv4_lookup(self.name.as_str())
+            .await
+            .map_err(|err| self.error(err))?;
+        let (ips, ttl) = addresses(lookup.answers());
+        let addrs = ips
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, self.port))
+            .collect();
+        self.answer(addrs, ttl)
+    }
+
+    /// Cloud Map SRV records read `1 1 <port> <instance-id>.<service>.<namespace>`; each
+    /// target is resolved to its address, from the additional section when the server sent
+    /// it, or else by an A lookup. Priority and weight are ignored: Cloud Map sets both to 1.
+    async fn lookup_srv(&self) -> Result<Answer, LookupError> {
+        let lookup = self
+            .resolver
+            .srv_lookup(self.name.as_str())
+            .await
+            .map_err(|err| self.error(err))?;
+        let mut ttl = min_ttl(lookup.answers());
+        let mut addrs = BTreeSet::new();
+        for record in lookup.answers() {
+            let RData::SRV(srv) = &record.data else {
+                continue;
+            };
+            let glue: Vec<&Record> = lookup
+                .additionals()
+                .iter()
+                .filter(|glue| glue.name == srv.target)
+                .collect();
+            let (ips, target_ttl) = if glue.is_empty() {
+                match self.resolver.ipv4_lookup(srv.target.clone()).await {
+                    Ok(target) => addresses(target.answers()),
+                    // The instance left between the two lookups: it is not an instance now.
+                    Err(err) if err.is_no_records_found() => continue,
+                    Err(err) => return Err(self.error(err)),
+                }
+            } else {
+                addresses(glue)
+            };
+            ttl = min_option(ttl, target_ttl);
+            addrs.extend(ips.into_iter().map(|ip| SocketAddr::new(ip, srv.port)));
+        }
+        self.answer(addrs, ttl)
+    }
+
+    fn answer(
+        &self,
+        addrs: BTreeSet<SocketAddr>,
+        ttl: Option<Duration>,
+    ) -> Result<Answer, LookupError> {
+        if addrs.is_empty() {
+            return Err(LookupError::Negative {
+                name: self.display_name(),
+                record: self.record,
+                ttl,
+            });
+        }
+        Ok(Answer {
+            addrs,
+            ttl: ttl.unwrap_or_default(),
+        })
+    }
+
+    fn error(&self, err: NetError) -> LookupError {
+        match &err {
+            NetError::Dns(hickory_resolver::net::DnsError::NoRecordsFound(no_records)) => {
+                LookupError::Negative {
+                    name: self.display_name(),
+                    record: self.record,
+                    ttl: no_records
+                        .negative_ttl
+                        .map(|ttl| Duration::from_secs(ttl.into())),
+                }
+            }
+            _ => LookupError::Failed {
+                name: self.display_name(),
+                reason: err.to_string(),
+            },
+        }
+    }
+
+    fn display_name(&self) -> String {
+        self.name.trim_end_matches('.').to_owned()
+    }
+}
+
+/// The IPv4 addresses among `records`, and their smallest TTL.
+fn addresses<'a>(records: impl IntoIterator<Item = &'a Record>) -> (Vec<IpAddr>, Option<Duration>) {
+    let mut ips = Vec::new();
+    let mut ttl = None;
+    for record in records {
+        if let RData::A(a) = &record.data {
+            ips.push(IpAddr::V4(a.0));
+            ttl = min_option(ttl, Some(Duration::from_secs(record.ttl.into())));
+        }
+    }
+    (ips, ttl)
+}
+
+fn min_ttl(records: &[Record]) -> Option<Duration> {
+    records
+        .iter()
+        .map(|record| Duration::from_secs(record.ttl.into()))
+        .min()
+}
+
+fn min_option(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}

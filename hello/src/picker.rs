@@ -1,0 +1,149 @@
+//! Choosing an endpoint: power of two choices on requests in flight. Two endpoints are drawn
+//! at random and the less loaded one wins; ties go to the first drawn, so equal load means a
+//! uniform random choice. Ejected endpoints and those already tried for this request are
+//! passed over; when that leaves none, ejected ones are tried rather than none (Cloud Map
+//! fails open the same way).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rand::{Rng, RngExt};
+use tokio::time::Instant;
+
+use crate::endpoints::Endpoint;
+
+/// Picks an endpoint for the next attempt, or `None` when every endpoint has been tried.
+pub fn pick<'a, R: Rng + ?Sized>(
+    endpoints: &'a [Arc<Endpoint>],
+    tried: &[SocketAddr],
+    now: Instant,
+    rng: &mut R,
+) -> Option<&'a Arc<Endpoint>> {
+    let untried: Vec<&Arc<Endpoint>> = endpoints
+        .iter()
+        .filter(|endpoint| !tried.contains(&endpoint.addr()))
+        .collect();
+    let healthy: Vec<&Arc<Endpoint>> = untried
+        .iter()
+        .copied()
+        .filter(|endpoint| !endpoint.is_ejected(now))
+        .collect();
+    let candidates = if healthy.is_empty() { untried } else { healthy };
+    power_of_two(&candidates, rng)
+}
+
+fn power_of_two<'a, R: Rng + ?Sized>(
+    candidates: &[&'a Arc<Endpoint>],
+    rng: &mut R,
+) -> Option<&'a Arc<Endpoint>> {
+    match candidates.len() {
+        0 => None,
+        1 => Some(candidates[0]),
+        n => {
+            let first = rng.random_range(0..n);
+            // A second index different from the first, uniformly.
+            let second = (first + rng.random_range(1..n)) % n;
+            let (a, b) = (candidates[first], candidates[second]);
+            Some(if b.in_flight() < a.in_flight() { b } else { a })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::collections::{BTreeSet, HashMap};
+    use std::time::Duration;
+
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use crate::endpoints::{Discovery, EjectionPolicy, EndpointSet};
+
+    fn set_of(n: u8) -> EndpointSet {
+        let policy = EjectionPolicy {
+            after_failures: 1,
+            base_time: Duration::from_secs(10),
+            max_time: Duration::from_secs(10),
+            max_percent: 100,
+        };
+        let set = EndpointSet::new(policy, reqwest::Client::new);
+        let addrs: BTreeSet<SocketAddr> = (1..=n)
+            .map(|i| SocketAddr::from(([10, 0, 0, i], 3000)))
+            .collect();
+        set.apply(&addrs, Discovery::Resolved);
+        set
+    }
+
+    fn tally(
+        endpoints: &[Arc<Endpoint>],
+        tried: &[SocketAddr],
+        rounds: usize,
+    ) -> HashMap<SocketAddr, usize> {
+        let mut rng = StdRng::seed_from_u64(7);
+        let now = Instant::now();
+        let mut counts = HashMap::new();
+        for _ in 0..rounds {
+            let endpoint = pick(endpoints, tried, now, &mut rng).unwrap();
+            *counts.entry(endpoint.addr()).or_default() += 1;
+        }
+        counts
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn equal_load_spreads_evenly() {
+        let set = set_of(3);
+        let counts = tally(&set.snapshot().endpoints, &[], 3000);
+        assert_eq!(counts.len(), 3);
+        for count in counts.values() {
+            assert!((850..=1150).contains(count), "{counts:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_busiest_endpoint_is_never_chosen_from_a_pair() {
+        let set = set_of(3);
+        let endpoints = set.snapshot().endpoints.clone();
+        let _busy = endpoints[0].start();
+        let counts = tally(&endpoints, &[], 300);
+        // With three endpoints every pair that draws the busy one also draws an idle one.
+        assert_eq!(counts.get(&endpoints[0].addr()), None, "{counts:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_goes_to_an_endpoint_not_yet_tried() {
+        let set = set_of(3);
+        let endpoints = set.snapshot().endpoints.clone();
+        let tried = [endpoints[0].addr(), endpoints[1].addr()];
+        let counts = tally(&endpoints, &tried, 50);
+        assert_eq!(
+            counts.keys().copied().collect::<Vec<_>>(),
+            vec![endpoints[2].addr()]
+        );
+        let all: Vec<SocketAddr> = endpoints.iter().map(|e| e.addr()).collect();
+        assert!(
+            pick(
+                &endpoints,
+                &all,
+                Instant::now(),
+                &mut StdRng::seed_from_u64(1)
+            )
+            .is_none()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejected_endpoints_are_passed_over_unless_nothing_else_is_left() {
+        let set = set_of(2);
+        let endpoints = set.snapshot().endpoints.clone();
+        let now = Instant::now();
+        assert!(set.record_failure(&endpoints[0], now).is_some());
+        let counts = tally(&endpoints, &[], 50);
+        assert_eq!(counts.get(&endpoints[0].addr()), None);
+
+        assert!(set.record_failure(&endpoints[1], now).is_some());
+        let counts = tally(&endpoints, &[], 50);
+        assert_eq!(counts.len(), 2, "all ejected: fail open");
+    }
+}
