@@ -51,7 +51,7 @@ pub enum CallError {
         reason: String,
     },
     /// Every attempt failed.
-    #[error("all {attempts} attempts to {name} failed; last: {last}")]
+    #[error("no instance of {name} answered ({attempts} attempts); last: {last}")]
     AllAttemptsFailed {
         /// The service's DNS name.
         name: String,

@@ -165,6 +165,16 @@ pub enum RecordKind {
     Srv,
 }
 
+impl RecordKind {
+    /// The DNS record type's name: `A` or `SRV`.
+    pub fn record_type(self) -> &'static str {
+        match self {
+            Self::A => "A",
+            Self::Srv => "SRV",
+        }
+    }
+}
+
 impl fmt::Display for RecordKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

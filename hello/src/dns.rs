@@ -11,6 +11,7 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, Record};
 
 use crate::config::{DnsOptions, RecordKind};
@@ -29,12 +30,14 @@ pub struct Answer {
 pub enum LookupError {
     /// The name does not exist or has no records of the type asked: an answer, meaning "no
     /// instances", valid for `ttl` when the server gave a negative TTL.
-    #[error("{name} has no {record} records")]
+    #[error("{name} {}", if *.nxdomain { "does not exist (NXDOMAIN)".to_owned() } else { format!("has no {} records", record.record_type()) })]
     Negative {
         /// The name asked.
         name: String,
         /// The record type asked.
         record: RecordKind,
+        /// True when the name does not exist at all, false when it has no such records.
+        nxdomain: bool,
         /// The negative-caching TTL from the server's SOA, if any.
         ttl: Option<Duration>,
     },
@@ -175,6 +178,7 @@ impl Dns {
             return Err(LookupError::Negative {
                 name: self.display_name(),
                 record: self.record,
+                nxdomain: false,
                 ttl,
             });
         }
@@ -190,6 +194,7 @@ impl Dns {
                 LookupError::Negative {
                     name: self.display_name(),
                     record: self.record,
+                    nxdomain: no_records.response_code == ResponseCode::NXDomain,
                     ttl: no_records
                         .negative_ttl
                         .map(|ttl| Duration::from_secs(ttl.into())),

@@ -1,7 +1,9 @@
 //! Prometheus metrics, served as text on `GET /metrics`: requests, upstream attempts by
 //! outcome, retries, ejections, DNS refreshes by result, and the endpoints by state.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::fmt;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -10,7 +12,7 @@ use prometheus_client::registry::Registry;
 use crate::endpoints::{EndpointReport, EndpointState};
 
 /// How a request to `hello` ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RequestOutcome {
     /// Answered with a name.
     Ok,
@@ -19,7 +21,7 @@ pub enum RequestOutcome {
 }
 
 /// How one attempt to call `name` ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AttemptOutcome {
     /// A name came back.
     Ok,
@@ -34,7 +36,7 @@ pub enum AttemptOutcome {
 }
 
 /// How one DNS refresh ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DnsResult {
     /// Records came back.
     Ok,
@@ -42,6 +44,31 @@ pub enum DnsResult {
     Negative,
     /// No answer: timeout, SERVFAIL, refused, network.
     Failed,
+}
+
+/// Label values in Prometheus's snake_case.
+macro_rules! label_values {
+    ($($kind:ty { $($variant:ident => $label:literal),+ $(,)? })+) => {$(
+        impl EncodeLabelValue for $kind {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
+                let label = match self { $(Self::$variant => $label),+ };
+                EncodeLabelValue::encode(&label, encoder)
+            }
+        }
+    )+};
+}
+
+label_values! {
+    RequestOutcome { Ok => "ok", Unavailable => "unavailable" }
+    AttemptOutcome {
+        Ok => "ok",
+        ConnectError => "connect_error",
+        Timeout => "timeout",
+        ServerError => "server_error",
+        BadResponse => "bad_response",
+    }
+    DnsResult { Ok => "ok", Negative => "negative", Failed => "failed" }
+    EndpointState { Healthy => "healthy", Ejected => "ejected", Stale => "stale" }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -61,24 +88,7 @@ struct DnsLabels {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StateLabels {
-    state: StateLabel,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
-enum StateLabel {
-    Healthy,
-    Ejected,
-    Stale,
-}
-
-impl From<EndpointState> for StateLabel {
-    fn from(state: EndpointState) -> Self {
-        match state {
-            EndpointState::Healthy => Self::Healthy,
-            EndpointState::Ejected => Self::Ejected,
-            EndpointState::Stale => Self::Stale,
-        }
-    }
+    state: EndpointState,
 }
 
 /// The service's metrics and their registry.
@@ -204,9 +214,7 @@ impl Metrics {
                 .filter(|endpoint| endpoint.state == state)
                 .count();
             self.endpoints
-                .get_or_create(&StateLabels {
-                    state: state.into(),
-                })
+                .get_or_create(&StateLabels { state })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
         let mut text = String::new();
