@@ -1,0 +1,88 @@
+//! Requests spread over every discovered instance, and DNS is asked on the refresh schedule,
+//! not per request.
+
+use std::time::Duration;
+
+use hickory_proto::rr::RecordType;
+use tokio::time::Instant;
+
+use crate::dns_server::DnsServer;
+use crate::helpers::{Hello, SERVICE, ips, name_instances};
+
+#[tokio::test]
+async fn requests_spread_over_all_three_instances() {
+    let names = name_instances(3).await;
+    let dns = DnsServer::start(10).await;
+    dns.set_a(SERVICE, &ips(&names));
+    let url = format!("http://name.internal:{}", names[0].addr.port());
+    let hello = Hello::start(&dns, &url, &[]).await;
+    assert!(hello.wait_ready(Duration::from_secs(5)).await);
+
+    let first = hello.greet().await.unwrap();
+    let tally = hello.tally(300).await;
+
+    let addrs: Vec<String> = names
+        .iter()
+        .map(|instance| instance.addr.to_string())
+        .collect();
+    assert!(
+        addrs.contains(&first.endpoint),
+        "{} is not an instance",
+        first.endpoint
+    );
+    assert_eq!(first.attempts, 1);
+    assert_eq!(tally.len(), 3, "{tally:?}");
+    for (instance, count) in &tally {
+        assert!(*count >= 60, "{instance} got {count} of 300: {tally:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_zero_ttl_does_not_mean_a_query_per_request() {
+    let names = name_instances(3).await;
+    // TTL 0, as the original sample's Cloud Map service had; the default 1 s floor applies.
+    let dns = DnsServer::start(0).await;
+    dns.set_a(SERVICE, &ips(&names));
+    let url = format!("http://name.internal:{}", names[0].addr.port());
+    let hello = Hello::start(&dns, &url, &[]).await;
+    assert!(hello.wait_ready(Duration::from_secs(5)).await);
+    let started = Instant::now();
+    let before = dns.queries(SERVICE, RecordType::A);
+
+    hello.tally(1000).await;
+
+    let queries = dns.queries(SERVICE, RecordType::A) - before;
+    let seconds = started.elapsed().as_secs_f64();
+    // One lookup per floor period, plus the one that may be under way at each end.
+    let allowed = (seconds / 1.0).floor() as usize + 2;
+    println!("1000 requests in {seconds:.2} s caused {queries} DNS queries (allowed {allowed})");
+    assert!(queries <= allowed, "{queries} queries in {seconds:.2} s");
+}
+
+#[tokio::test]
+async fn a_ttl_within_bounds_sets_the_refresh_period() {
+    let names = name_instances(2).await;
+    let dns = DnsServer::start(1).await;
+    dns.set_a(SERVICE, &ips(&names));
+    let url = format!("http://name.internal:{}", names[0].addr.port());
+    let hello = Hello::start(
+        &dns,
+        &url,
+        &["--dns-min-ttl", "100ms", "--dns-max-ttl", "30s"],
+    )
+    .await;
+    assert!(hello.wait_ready(Duration::from_secs(5)).await);
+    let started = Instant::now();
+    let before = dns.queries(SERVICE, RecordType::A);
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let queries = dns.queries(SERVICE, RecordType::A) - before;
+    let seconds = started.elapsed().as_secs_f64();
+    // Every second, as the TTL says: not every 100 ms (the floor), not never.
+    assert!(queries >= 1, "no refresh in {seconds:.2} s");
+    assert!(
+        queries <= seconds.floor() as usize + 1,
+        "{queries} queries in {seconds:.2} s"
+    );
+}

@@ -1,0 +1,103 @@
+//! Instances that fail: a killed instance still in DNS costs no failed request; every
+//! instance down gives a prompt 503 and recovery; DNS failing keeps the last answer.
+
+use std::time::Duration;
+
+use hickory_proto::rr::RecordType;
+use tokio::time::Instant;
+
+use crate::dns_server::{DnsServer, Mode};
+use crate::helpers::{Hello, NameInstance, SERVICE, ips, name_instances, wait_for_queries};
+
+#[tokio::test]
+async fn a_killed_instance_still_in_dns_fails_no_request() {
+    let mut names = name_instances(3).await;
+    let dns = DnsServer::start(600).await;
+    dns.set_a(SERVICE, &ips(&names));
+    let url = format!("http://name.internal:{}", names[0].addr.port());
+    let hello = Hello::start(&dns, &url, &[]).await;
+    assert!(hello.wait_ready(Duration::from_secs(5)).await);
+
+    names.remove(1).kill().await;
+    let tally = hello.tally(200).await;
+
+    assert_eq!(tally.values().sum::<usize>(), 200);
+    assert_eq!(tally.get("n2"), None, "{tally:?}");
+    let (_, metrics) = hello.get("/metrics").await;
+    assert!(
+        metrics.contains("hello_endpoint_ejections_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn every_instance_down_gives_503_within_the_deadline_and_recovers() {
+    let names = name_instances(3).await;
+    let addrs: Vec<_> = names.iter().map(|instance| instance.addr).collect();
+    let dns = DnsServer::start(1).await;
+    dns.set_a(SERVICE, &ips(&names));
+    let url = format!("http://name.internal:{}", addrs[0].port());
+    let hello = Hello::start(&dns, &url, &["--request-timeout", "2s"]).await;
+    assert!(hello.wait_ready(Duration::from_secs(5)).await);
+    for instance in names {
+        instance.kill().await;
+    }
+
+    let asked = Instant::now();
+    let (status, body) = hello.get("/").await;
+    let took = asked.elapsed();
+
+    assert_eq!(status, 503);
+    assert!(body.contains("name.internal"), "{body}");
+    assert!(
+        took < Duration::from_secs(3),
+        "503 took {took:?}, deadline 2 s"
+    );
+    assert_eq!(hello.get("/healthz").await.0, 200, "hello stopped serving");
+
+    let back = NameInstance::start("n2", addrs[1]).await;
+    let recovered = hello
+        .until(Duration::from_secs(10), |greeting| {
+            greeting.name_instance == back.id
+        })
+        .await;
+    assert!(recovered, "no answer after n2 came back");
+}
+
+#[tokio::test]
+async fn a_failing_dns_server_keeps_the_last_answer() {
+    let names = name_instances(2).await;
+    let dns = DnsServer::start(1).await;
+    dns.set_a(SERVICE, &ips(&names));
+    let url = format!("http://name.internal:{}", names[0].addr.port());
+    let hello = Hello::start(&dns, &url, &["--dns-min-ttl", "100ms"]).await;
+    assert!(hello.wait_ready(Duration::from_secs(5)).await);
+
+    dns.set_mode(Mode::ServFail);
+    let before = dns.queries(SERVICE, RecordType::A);
+    assert!(wait_for_queries(&dns, RecordType::A, before, 2, Duration::from_secs(5)).await);
+
+    let tally = hello.tally(40).await;
+    assert_eq!(tally.len(), 2, "{tally:?}");
+    let (_, debug) = hello.get("/debug/endpoints").await;
+    assert!(debug.contains("\"stale\""), "{debug}");
+}
+
+#[tokio::test]
+async fn shutdown_stops_serving_and_returns_cleanly() {
+    let names = name_instances(1).await;
+    let dns = DnsServer::start(1).await;
+    dns.set_a(SERVICE, &ips(&names));
+    let url = format!("http://name.internal:{}", names[0].addr.port());
+    let hello = Hello::start(&dns, &url, &[]).await;
+    assert!(hello.wait_ready(Duration::from_secs(5)).await);
+    let base = hello.base.clone();
+    let http = hello.http.clone();
+
+    hello.stop().await.unwrap();
+
+    assert!(
+        http.get(&base).send().await.is_err(),
+        "still accepting after shutdown"
+    );
+}

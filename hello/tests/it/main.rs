@@ -1,0 +1,10 @@
+//! hello against a real DNS server and real `name` instances, over sockets: discovery,
+//! balancing, failover. One test binary, one module per concern.
+
+mod dns_server;
+mod helpers;
+
+mod balancing;
+mod config;
+mod discovery;
+mod failover;
