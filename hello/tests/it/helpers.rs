@@ -191,10 +191,10 @@ impl Hello {
     pub async fn until(&self, limit: Duration, mut done: impl FnMut(&Greeting) -> bool) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if let Ok(greeting) = self.greet().await {
-                if done(&greeting) {
-                    return true;
-                }
+            if let Ok(greeting) = self.greet().await
+                && done(&greeting)
+            {
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
