@@ -91,7 +91,7 @@ async fn hello(State(state): State<AppState>, headers: HeaderMap) -> Result<Resp
         })
         .into_response())
     } else {
-        Ok(greeting.into_response())
+        Ok(format!("{greeting}\n").into_response())
     }
 }
 

@@ -64,7 +64,8 @@ async fn random_name(State(state): State<AppState>, headers: HeaderMap) -> Respo
         })
         .into_response()
     } else {
-        format!("{name} (from {})", state.instance).into_response()
+        // A line of text, so that `curl` leaves the prompt on a line of its own.
+        format!("{name} (from {})\n", state.instance).into_response()
     }
 }
 
@@ -73,5 +74,61 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
     } else {
         (StatusCode::OK, "ready")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use axum::body::{Body, to_bytes};
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn get(state: &AppState, path: &str, accept: Option<&str>) -> (StatusCode, String) {
+        let mut request = Request::get(path);
+        if let Some(accept) = accept {
+            request = request.header("accept", accept);
+        }
+        let response = app(state.clone())
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn text_answer_names_the_instance() {
+        let (status, body) = get(&AppState::new("n7"), "/", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let (name, rest) = body.split_once(' ').unwrap();
+        assert!(NAMES.contains(&name), "{body}");
+        assert_eq!(rest, "(from n7)\n");
+    }
+
+    #[tokio::test]
+    async fn json_answer_when_asked() {
+        let (status, body) = get(&AppState::new("n7"), "/", Some("application/json")).await;
+        assert_eq!(status, StatusCode::OK);
+        let answer: NameAnswer = serde_json::from_str(&body).unwrap();
+        assert!(NAMES.contains(&answer.name.as_str()));
+        assert_eq!(answer.instance, "n7");
+    }
+
+    #[tokio::test]
+    async fn draining_is_not_ready_but_still_answers() {
+        let state = AppState::new("n7");
+        assert_eq!(get(&state, "/readyz", None).await.0, StatusCode::OK);
+
+        state.start_draining();
+
+        assert_eq!(
+            get(&state, "/readyz", None).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(get(&state, "/healthz", None).await.0, StatusCode::OK);
+        assert_eq!(get(&state, "/", None).await.0, StatusCode::OK);
     }
 }
