@@ -5,8 +5,8 @@
 use std::error::Error as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use clap::Parser;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, Parser};
 
 /// The port both services listen on unless told otherwise; the CloudFormation templates and
 /// the compose file use the same number.
@@ -70,9 +70,9 @@ pub enum Command {
 
 /// Parses the command line and environment into `T`. Help and version print and exit 0; a bad
 /// value exits 2 with one line that names the variable and its flag.
-pub fn parse_args<T: Parser>() -> T {
+pub fn parse_args<T: Parser + CommandFactory>() -> T {
     T::try_parse().unwrap_or_else(|err| {
-        if let Some(line) = one_line(&err) {
+        if let Some(line) = one_line::<T>(&err) {
             eprintln!("{line}");
             std::process::exit(2);
         }
@@ -80,31 +80,37 @@ pub fn parse_args<T: Parser>() -> T {
     })
 }
 
-fn one_line(err: &clap::Error) -> Option<String> {
+/// The one line for a bad value: `error: invalid value "x" for PORT (--port): <reason>`.
+fn one_line<T: CommandFactory>(err: &clap::Error) -> Option<String> {
     if !matches!(
         err.kind(),
         ErrorKind::InvalidValue | ErrorKind::ValueValidation
     ) {
         return None;
     }
-    let arg = match err.get(ContextKind::InvalidArg) {
-        Some(ContextValue::String(arg)) => arg.clone(),
-        _ => return None,
+    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
+        return None;
     };
     let value = match err.get(ContextKind::InvalidValue) {
-        Some(ContextValue::String(value)) => value.clone(),
+        Some(ContextValue::String(value)) => value.as_str(),
+        _ => "",
+    };
+    // clap names the argument `--port <PORT>`; its variable is in the command's definition.
+    let flag = arg.split_whitespace().next().unwrap_or(arg);
+    let command = T::command();
+    let variable = command
+        .get_arguments()
+        .find(|candidate| candidate.get_long() == flag.strip_prefix("--"))
+        .and_then(|candidate| candidate.get_env())
+        .map(|env| env.to_string_lossy().into_owned())
+        .unwrap_or_else(|| flag.to_owned());
+    let reason = match (err.source(), err.get(ContextKind::ValidValue)) {
+        (Some(source), _) => format!(": {source}"),
+        (None, Some(ContextValue::Strings(valid))) => {
+            format!(": expected one of {}", valid.join(", "))
+        }
         _ => String::new(),
     };
-    // clap names the argument `--port <PORT>`; the value name is the variable's name.
-    let variable = arg
-        .split_once('<')
-        .map(|(_, rest)| rest.trim_end_matches('>'))
-        .unwrap_or(&arg);
-    let flag = arg.split_whitespace().next().unwrap_or(&arg);
-    let reason = err
-        .source()
-        .map(|source| format!(": {source}"))
-        .unwrap_or_default();
     Some(format!(
         "error: invalid value {value:?} for {variable} ({flag}){reason}"
     ))

@@ -1,32 +1,37 @@
 //! Shutdown signals. ECS stops a task with SIGTERM (then SIGKILL after `stopTimeout`); a
 //! terminal sends SIGINT. Both mean the same here.
 
-/// Completes when the process receives SIGTERM or SIGINT.
-pub async fn signal() {
-    let ctrl_c = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %err, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
+use std::future::Future;
 
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+use tokio::signal::unix::{self, SignalKind};
+
+/// Completes when the process receives SIGTERM or SIGINT. The handlers are installed when
+/// this is called, not when the future is first polled, so that a signal during start-up (say,
+/// while the task metadata endpoint is read) is not the default action's exit 143.
+pub fn signal() -> impl Future<Output = ()> + Send + 'static {
+    let interrupt = listen(SignalKind::interrupt(), "SIGINT");
+    let terminate = listen(SignalKind::terminate(), "SIGTERM");
+    async move {
+        tokio::select! {
+            () = interrupt => {}
+            () = terminate => {}
+        }
+    }
+}
+
+/// Installs a handler for `kind` now; the future completes on the first such signal.
+fn listen(kind: SignalKind, name: &'static str) -> impl Future<Output = ()> + Send + 'static {
+    let stream = unix::signal(kind);
+    async move {
+        match stream {
             Ok(mut stream) => {
                 stream.recv().await;
+                tracing::info!(signal = name, "shutting down");
             }
             Err(err) => {
-                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                tracing::error!(error = %err, signal = name, "cannot listen for the signal");
                 std::future::pending::<()>().await;
             }
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-
-    tokio::select! {
-        () = ctrl_c => tracing::info!(signal = "SIGINT", "shutting down"),
-        () = terminate => tracing::info!(signal = "SIGTERM", "shutting down"),
     }
 }

@@ -8,8 +8,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use serde::Serialize;
 use serde_json::json;
 use tokio::time::Instant;
@@ -63,14 +61,14 @@ struct Greeting<'a> {
 }
 
 async fn hello(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, AppError> {
-    let mut rng = StdRng::from_rng(&mut rand::rng());
-    let reply = match state.client.call(&mut rng).await {
+    let wants_json = common::wants_json(&headers);
+    let reply = match state.client.call().await {
         Ok(reply) => reply,
-        Err(err) => {
+        Err(error) => {
             state.metrics.request(RequestOutcome::Unavailable);
             return Err(AppError {
-                error: err,
-                json: common::wants_json(&headers),
+                error,
+                json: wants_json,
             });
         }
     };
@@ -80,7 +78,7 @@ async fn hello(State(state): State<AppState>, headers: HeaderMap) -> Result<Resp
         "Hello (from {}) {} (from {})",
         state.instance, answer.name, answer.instance
     );
-    if common::wants_json(&headers) {
+    if wants_json {
         Ok(Json(Greeting {
             greeting,
             name: &answer.name,
@@ -111,9 +109,10 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, String) {
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let report = state.client.endpoints().report(Instant::now());
     (
+        // prometheus-client writes the OpenMetrics text format (with `# EOF`).
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         state.metrics.render(&report),
     )

@@ -1,14 +1,15 @@
 //! The client `hello`'s handlers hold: one call to the `name` service, made of attempts.
 //! Each attempt goes to an endpoint the picker chooses, with its own timeout inside the
-//! request's deadline; a failed attempt (connect error, timeout, 5xx, a bad answer) is retried
-//! on another endpoint while attempts, deadline and retry budget last. GET is idempotent, so a
-//! retry is always safe.
+//! request's deadline. An attempt that fails because of the endpoint (connect error, timeout,
+//! 5xx, a broken connection or answer) counts against it and is retried on another endpoint
+//! while attempts, deadline and retry budget last; GET is idempotent, so a retry is safe. A
+//! 4xx is `name` refusing the request itself: no other instance would answer differently, so
+//! it is neither retried nor held against the endpoint.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -42,7 +43,15 @@ pub struct Reply {
 /// Why a call found no name.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
-    /// There is no endpoint to call.
+    /// There is no endpoint to call, and DNS is failing.
+    #[error("no endpoints for {name}: {reason}")]
+    DnsFailed {
+        /// The service's DNS name.
+        name: String,
+        /// The lookup's failure.
+        reason: String,
+    },
+    /// There is no endpoint to call: DNS answered with none, or has not answered yet.
     #[error("no endpoints for {name}: {reason}")]
     NoEndpoints {
         /// The service's DNS name.
@@ -66,6 +75,7 @@ impl CallError {
     /// A short machine-readable kind, for JSON bodies.
     pub fn kind(&self) -> &'static str {
         match self {
+            Self::DnsFailed { .. } => "dns_failed",
             Self::NoEndpoints { .. } => "no_endpoints",
             Self::AllAttemptsFailed { .. } => "all_attempts_failed",
         }
@@ -74,7 +84,9 @@ impl CallError {
     /// The DNS name involved.
     pub fn name(&self) -> &str {
         match self {
-            Self::NoEndpoints { name, .. } | Self::AllAttemptsFailed { name, .. } => name,
+            Self::DnsFailed { name, .. }
+            | Self::NoEndpoints { name, .. }
+            | Self::AllAttemptsFailed { name, .. } => name,
         }
     }
 }
@@ -84,6 +96,14 @@ impl CallError {
 struct AttemptError {
     outcome: AttemptOutcome,
     detail: String,
+}
+
+impl AttemptError {
+    /// True when the failure says something about the endpoint, so it counts toward ejection
+    /// and another endpoint may do better.
+    fn is_endpoint_failure(&self) -> bool {
+        self.outcome != AttemptOutcome::ClientError
+    }
 }
 
 /// Calls the `name` service across its endpoints.
@@ -130,15 +150,12 @@ impl NameClient {
     }
 
     /// Gets a name: attempts until one succeeds or attempts, deadline or budget run out.
-    pub async fn call(&self, rng: &mut (impl Rng + ?Sized)) -> Result<Reply, CallError> {
+    pub async fn call(&self) -> Result<Reply, CallError> {
         let deadline = Instant::now() + self.options.request_timeout;
         self.budget.deposit();
         let snapshot = self.endpoints.snapshot();
         if snapshot.endpoints.is_empty() {
-            return Err(CallError::NoEndpoints {
-                name: self.name.clone(),
-                reason: describe(&snapshot.discovery),
-            });
+            return Err(self.no_endpoints(&snapshot.discovery));
         }
 
         let mut tried = Vec::new();
@@ -152,7 +169,9 @@ impl NameClient {
                 );
                 break;
             }
-            let Some(endpoint) = picker::pick(&snapshot.endpoints, &tried, now, rng) else {
+            // `rand::rng()` is a temporary, gone before the next await: the future stays `Send`.
+            let Some(endpoint) = picker::pick(&snapshot.endpoints, &tried, now, &mut rand::rng())
+            else {
                 break;
             };
             if attempt > 1 {
@@ -165,7 +184,7 @@ impl NameClient {
             }
             tried.push(endpoint.addr());
             let timeout = self.options.attempt_timeout.min(deadline - now);
-            match self.attempt(endpoint, timeout).await {
+            let err = match self.attempt(endpoint, timeout).await {
                 Ok(answer) => {
                     endpoint.record_success();
                     self.metrics.attempt(AttemptOutcome::Ok);
@@ -175,17 +194,21 @@ impl NameClient {
                         attempts: attempt,
                     });
                 }
-                Err(err) => {
-                    self.metrics.attempt(err.outcome);
-                    tracing::debug!(endpoint = %endpoint.addr(), attempt, error = %err.detail, "attempt failed");
-                    if let Some(ejected_for) =
-                        self.endpoints.record_failure(endpoint, Instant::now())
-                    {
-                        self.metrics.ejection();
-                        tracing::warn!(endpoint = %endpoint.addr(), ?ejected_for, error = %err.detail, "endpoint ejected");
-                    }
-                    last = format!("{}: {}", endpoint.addr(), err.detail);
-                }
+                Err(err) => err,
+            };
+            self.metrics.attempt(err.outcome);
+            tracing::debug!(endpoint = %endpoint.addr(), attempt, error = %err.detail, "attempt failed");
+            last = format!("{}: {}", endpoint.addr(), err.detail);
+            if !err.is_endpoint_failure() {
+                break;
+            }
+            // A timeout cut short by the request's own deadline says nothing about the endpoint.
+            let cut_short = timeout < self.options.attempt_timeout;
+            if !(err.outcome == AttemptOutcome::Timeout && cut_short)
+                && let Some(ejected_for) = self.endpoints.record_failure(endpoint, Instant::now())
+            {
+                self.metrics.ejection();
+                tracing::warn!(endpoint = %endpoint.addr(), ?ejected_for, error = %err.detail, "endpoint ejected");
             }
         }
         // Nothing answered: the instances may have moved, so ask DNS again without waiting for
@@ -198,6 +221,28 @@ impl NameClient {
         })
     }
 
+    fn no_endpoints(&self, discovery: &Discovery) -> CallError {
+        let name = self.name.clone();
+        match discovery {
+            Discovery::Failing { reason } => CallError::DnsFailed {
+                name,
+                reason: reason.clone(),
+            },
+            Discovery::Pending => CallError::NoEndpoints {
+                name,
+                reason: "DNS has not answered yet".into(),
+            },
+            Discovery::NoRecords { reason } => CallError::NoEndpoints {
+                name,
+                reason: format!("DNS answered: {reason}"),
+            },
+            Discovery::Fixed | Discovery::Resolved => CallError::NoEndpoints {
+                name,
+                reason: "DNS answered with no instances".into(),
+            },
+        }
+    }
+
     async fn attempt(
         &self,
         endpoint: &Endpoint,
@@ -207,14 +252,16 @@ impl NameClient {
         let request = async {
             let response = endpoint
                 .pool()
-                .get(format!("http://{}/", endpoint.addr()))
+                .get(endpoint.url())
                 .header(reqwest::header::ACCEPT, "application/json")
                 .send()
                 .await
                 .map_err(classify)?;
             let status = response.status();
             if !status.is_success() {
-                let outcome = if status.is_server_error() {
+                let outcome = if status.is_client_error() {
+                    AttemptOutcome::ClientError
+                } else if status.is_server_error() {
                     AttemptOutcome::ServerError
                 } else {
                     AttemptOutcome::BadResponse
@@ -259,14 +306,4 @@ fn classify(err: reqwest::Error) -> AttemptError {
         source = cause.source();
     }
     AttemptError { outcome, detail }
-}
-
-/// Why there are no endpoints, in words.
-fn describe(discovery: &Discovery) -> String {
-    match discovery {
-        Discovery::Pending => "DNS has not answered yet".to_owned(),
-        Discovery::Fixed | Discovery::Resolved => "DNS answered with no instances".to_owned(),
-        Discovery::NoRecords { reason } => format!("DNS answered: {reason}"),
-        Discovery::Failing { reason } => reason.clone(),
-    }
 }

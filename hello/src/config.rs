@@ -136,12 +136,23 @@ pub struct CallOptions {
 }
 
 impl Config {
-    /// Checks what single fields cannot: bounds that must be ordered.
+    /// Checks what single fields cannot: durations that must not be zero, bounds that must
+    /// be ordered.
     pub fn validate(&self) -> Result<(), String> {
         if self.dns.dns_min_ttl.is_zero() {
             return Err(
                 "DNS_MIN_TTL must be above zero: a zero floor would query DNS in a loop".into(),
             );
+        }
+        for (variable, duration) in [
+            ("DNS_TIMEOUT", self.dns.dns_timeout),
+            ("CONNECT_TIMEOUT", self.calls.connect_timeout),
+            ("ATTEMPT_TIMEOUT", self.calls.attempt_timeout),
+            ("REQUEST_TIMEOUT", self.calls.request_timeout),
+        ] {
+            if duration.is_zero() {
+                return Err(format!("{variable} must be above zero"));
+            }
         }
         if self.dns.dns_min_ttl > self.dns.dns_max_ttl {
             return Err("DNS_MIN_TTL must not exceed DNS_MAX_TTL".into());
@@ -248,8 +259,16 @@ fn parse_dns_server(value: &str) -> Result<SocketAddr, String> {
         .map_err(|_| "expected ip or ip:port".to_owned())
 }
 
+/// The longest duration any setting takes; longer ones are typing mistakes.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
 fn parse_duration(value: &str) -> Result<Duration, String> {
-    humantime::parse_duration(value).map_err(|err| format!("{err} (write it as 500ms, 2s or 1m)"))
+    let duration = humantime::parse_duration(value)
+        .map_err(|err| format!("{err} (write it as 500ms, 2s or 1m)"))?;
+    if duration > MAX_DURATION {
+        return Err("at most 1 day".into());
+    }
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -294,6 +313,7 @@ mod tests {
             &["--dns-server", "dns.example"],
             &["--dns-min-ttl", "soon"],
             &["--max-attempts", "0"],
+            &["--request-timeout", "400d"],
         ] {
             assert!(parse(args).is_err(), "{args:?} was accepted");
         }
@@ -314,5 +334,7 @@ mod tests {
         assert!(config.validate().is_err());
         let config = parse(&["--dns-min-ttl", "0s"]).unwrap();
         assert!(config.validate().is_err());
+        let config = parse(&["--attempt-timeout", "0s"]).unwrap();
+        assert!(config.validate().unwrap_err().contains("ATTEMPT_TIMEOUT"));
     }
 }

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, Record};
+use tokio::task::JoinSet;
 
 use crate::config::{DnsOptions, RecordKind};
 
@@ -58,6 +59,8 @@ pub struct Dns {
     name: String,
     record: RecordKind,
     port: u16,
+    /// Bound on a whole lookup, SRV targets included.
+    timeout: Duration,
 }
 
 impl Dns {
@@ -89,19 +92,22 @@ impl Dns {
         };
         let opts = builder.options_mut();
         opts.timeout = options.dns_timeout;
-        // One try per refresh: a failed refresh keeps the last answer and is retried by the
-        // refresher on its own schedule.
-        opts.attempts = 1;
+        // No retries inside hickory (`attempts` counts retries): a failed refresh keeps the
+        // last answer and is retried by the refresher on its own schedule.
+        opts.attempts = 0;
         // The refresher is the cache. hickory's cache would answer from memory for as long as
         // the record's TTL (600 s from Docker's DNS) and hide every change the refresher asks
-        // about; each refresh clears it below.
+        // about; a capacity of 0 turns it off.
         opts.cache_size = 0;
+        // DNS is the source of truth for the instances, not /etc/hosts.
+        opts.use_hosts_file = ResolveHosts::Never;
         let resolver = builder.build().context("cannot build the DNS resolver")?;
         Ok(Self {
             resolver,
             name: name.to_owned(),
             record,
             port,
+            timeout: options.dns_timeout,
         })
     }
 
@@ -110,13 +116,22 @@ impl Dns {
         &self.name
     }
 
-    /// Asks DNS once for every instance.
+    /// Asks DNS once for every instance, within the configured timeout.
     pub async fn lookup(&self) -> Result<Answer, LookupError> {
-        self.resolver.clear_cache();
-        match self.record {
-            RecordKind::A => self.lookup_a().await,
-            RecordKind::Srv => self.lookup_srv().await,
-        }
+        let lookup = async {
+            match self.record {
+                RecordKind::A => self.lookup_a().await,
+                RecordKind::Srv => self.lookup_srv().await,
+            }
+        };
+        tokio::time::timeout(self.timeout, lookup)
+            .await
+            .unwrap_or_else(|_| {
+                Err(LookupError::Failed {
+                    name: self.display_name(),
+                    reason: format!("no answer within {:?}", self.timeout),
+                })
+            })
     }
 
     async fn lookup_a(&self) -> Result<Answer, LookupError> {
@@ -135,7 +150,8 @@ impl Dns {
 
     /// Cloud Map SRV records read `1 1 <port> <instance-id>.<service>.<namespace>`; each
     /// target is resolved to its address, from the additional section when the server sent
-    /// it, or else by an A lookup. Priority and weight are ignored: Cloud Map sets both to 1.
+    /// it, or else by A lookups made concurrently. Priority and weight are ignored: Cloud Map
+    /// sets both to 1.
     async fn lookup_srv(&self) -> Result<Answer, LookupError> {
         let lookup = self
             .resolver
@@ -144,27 +160,39 @@ impl Dns {
             .map_err(|err| self.error(err))?;
         let mut ttl = min_ttl(lookup.answers());
         let mut addrs = BTreeSet::new();
+        let mut targets = JoinSet::new();
         for record in lookup.answers() {
             let RData::SRV(srv) = &record.data else {
                 continue;
             };
-            let glue: Vec<&Record> = lookup
-                .additionals()
-                .iter()
-                .filter(|glue| glue.name == srv.target)
-                .collect();
-            let (ips, target_ttl) = if glue.is_empty() {
-                match self.resolver.ipv4_lookup(srv.target.clone()).await {
-                    Ok(target) => addresses(target.answers()),
-                    // The instance left between the two lookups: it is not an instance now.
-                    Err(err) if err.is_no_records_found() => continue,
-                    Err(err) => return Err(self.error(err)),
-                }
+            let (ips, glue_ttl) = addresses(
+                lookup
+                    .additionals()
+                    .iter()
+                    .filter(|glue| glue.name == srv.target),
+            );
+            if ips.is_empty() {
+                let resolver = self.resolver.clone();
+                let (port, target) = (srv.port, srv.target.clone());
+                targets.spawn(async move { (port, resolver.ipv4_lookup(target).await) });
             } else {
-                addresses(glue)
+                ttl = min_option(ttl, glue_ttl);
+                addrs.extend(ips.into_iter().map(|ip| SocketAddr::new(ip, srv.port)));
+            }
+        }
+        while let Some(joined) = targets.join_next().await {
+            let (port, result) = joined.map_err(|err| LookupError::Failed {
+                name: self.display_name(),
+                reason: format!("target lookup stopped: {err}"),
+            })?;
+            let (ips, target_ttl) = match result {
+                Ok(target) => addresses(target.answers()),
+                // The instance left between the two lookups: it is not an instance now.
+                Err(err) if err.is_no_records_found() => continue,
+                Err(err) => return Err(self.error(err)),
             };
             ttl = min_option(ttl, target_ttl);
-            addrs.extend(ips.into_iter().map(|ip| SocketAddr::new(ip, srv.port)));
+            addrs.extend(ips.into_iter().map(|ip| SocketAddr::new(ip, port)));
         }
         self.answer(addrs, ttl)
     }

@@ -49,6 +49,8 @@ impl EjectionPolicy {
 #[derive(Debug)]
 pub struct Endpoint {
     addr: SocketAddr,
+    /// `http://<addr>/`, built once.
+    url: String,
     /// This endpoint's own connection pool, so that the endpoint's idle connections close when
     /// it leaves the set.
     pool: reqwest::Client,
@@ -67,6 +69,7 @@ impl Endpoint {
     fn new(addr: SocketAddr, pool: reqwest::Client) -> Self {
         Self {
             addr,
+            url: format!("http://{addr}/"),
             pool,
             in_flight: AtomicUsize::new(0),
             health: Mutex::default(),
@@ -76,6 +79,11 @@ impl Endpoint {
     /// The instance's address and port.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The URL of the instance's `GET /`.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// The connection pool to call this endpoint with.
@@ -186,6 +194,9 @@ pub fn diff(current: &[Arc<Endpoint>], next: &BTreeSet<SocketAddr>) -> Diff {
 pub struct EndpointSet {
     current: watch::Sender<Arc<Snapshot>>,
     policy: EjectionPolicy,
+    /// Held from counting the ejected endpoints to ejecting one, so that endpoints failing at
+    /// the same moment cannot together exceed the cap. Taken on the failure path only.
+    ejecting: Mutex<()>,
     new_pool: Box<dyn Fn() -> reqwest::Client + Send + Sync>,
 }
 
@@ -202,6 +213,7 @@ impl EndpointSet {
         Self {
             current: watch::Sender::new(Arc::new(empty)),
             policy,
+            ejecting: Mutex::new(()),
             new_pool: Box::new(new_pool),
         }
     }
@@ -213,33 +225,33 @@ impl EndpointSet {
 
     /// Replaces the endpoints with `addrs`: endpoints that stay keep their state, new ones
     /// start healthy, and those that left are dropped with their connections once the
-    /// requests in flight to them finish.
+    /// requests in flight to them finish. Called by the one writer, the refresher.
     pub fn apply(&self, addrs: &BTreeSet<SocketAddr>, discovery: Discovery) -> Diff {
-        let mut changes = Diff::default();
-        self.current.send_modify(|snapshot| {
-            changes = diff(&snapshot.endpoints, addrs);
-            let endpoints = addrs
-                .iter()
-                .map(|addr| {
-                    match snapshot
-                        .endpoints
-                        .iter()
-                        .find(|endpoint| endpoint.addr == *addr)
-                    {
-                        Some(kept) => Arc::clone(kept),
-                        None => Arc::new(Endpoint::new(*addr, (self.new_pool)())),
-                    }
-                })
-                .collect();
-            *snapshot = Arc::new(Snapshot {
-                endpoints,
-                discovery,
-            });
-        });
+        let current = self.snapshot();
+        let changes = diff(&current.endpoints, addrs);
+        // Built before publishing, so that readers never wait on connection pools being made.
+        let endpoints = addrs
+            .iter()
+            .map(|addr| {
+                match current
+                    .endpoints
+                    .iter()
+                    .find(|endpoint| endpoint.addr == *addr)
+                {
+                    Some(kept) => Arc::clone(kept),
+                    None => Arc::new(Endpoint::new(*addr, (self.new_pool)())),
+                }
+            })
+            .collect();
+        self.current.send_replace(Arc::new(Snapshot {
+            endpoints,
+            discovery,
+        }));
         changes
     }
 
-    /// Records that discovery failed, keeping the endpoints as they are (serve-stale).
+    /// Records how discovery stands without changing the endpoints: a failed lookup keeps
+    /// the last good ones (serve-stale).
     pub fn set_discovery(&self, discovery: Discovery) {
         self.current.send_if_modified(|snapshot| {
             if snapshot.discovery == discovery {
@@ -256,6 +268,10 @@ impl EndpointSet {
     /// Records a failed attempt on `endpoint`. Returns the ejection's length when this failure
     /// ejected it.
     pub fn record_failure(&self, endpoint: &Endpoint, now: Instant) -> Option<Duration> {
+        let _ejecting = self
+            .ejecting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let snapshot = self.snapshot();
         // Counted before taking this endpoint's lock: `is_ejected` locks each endpoint in turn.
         let ejected = snapshot

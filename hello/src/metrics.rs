@@ -31,6 +31,8 @@ pub enum AttemptOutcome {
     Timeout,
     /// `name` answered with a 5xx status.
     ServerError,
+    /// `name` answered with a 4xx status: the request itself was refused.
+    ClientError,
     /// Anything else: another status, a body that is not a name, a broken connection.
     BadResponse,
 }
@@ -65,6 +67,7 @@ label_values! {
         ConnectError => "connect_error",
         Timeout => "timeout",
         ServerError => "server_error",
+        ClientError => "client_error",
         BadResponse => "bad_response",
     }
     DnsResult { Ok => "ok", Negative => "negative", Failed => "failed" }

@@ -3,6 +3,9 @@
 //! bounds. A failed lookup keeps the last good endpoints (serve-stale, RFC 8767) and retries
 //! with a backoff; a negative answer (NXDOMAIN, no records) is an answer and empties the set.
 
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +13,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::dns::{Dns, LookupError};
+use crate::dns::{Answer, Dns, LookupError};
 use crate::endpoints::{Discovery, EndpointSet};
 use crate::metrics::{DnsResult, Metrics};
 
@@ -37,28 +40,49 @@ impl TtlBounds {
     }
 }
 
+/// A source of full answers: [`Dns`] in the service, a script in the tests.
+pub trait Lookup: Send + Sync + 'static {
+    /// The name looked up, for logs.
+    fn name(&self) -> &str;
+    /// One lookup.
+    fn lookup(&self) -> impl Future<Output = Result<Answer, LookupError>> + Send;
+}
+
+impl Lookup for Dns {
+    fn name(&self) -> &str {
+        Dns::name(self)
+    }
+
+    fn lookup(&self) -> impl Future<Output = Result<Answer, LookupError>> + Send {
+        Dns::lookup(self)
+    }
+}
+
 /// The refresher's inputs.
-pub struct Refresher {
+pub struct Refresher<L> {
     /// What to look up.
-    pub dns: Dns,
+    pub lookup: L,
     /// Where answers go.
     pub endpoints: Arc<EndpointSet>,
-    /// The TTL bounds.
+    /// The TTL bounds; `min` must not exceed `max`.
     pub bounds: TtlBounds,
-    /// Notified by the request path when every endpoint is failing: refresh now, if the floor
-    /// allows.
+    /// Notified by the request path when every attempt of a request failed: refresh before
+    /// the TTL runs out, but not before the floor (nor, while DNS is failing, the backoff).
     pub wake: Arc<Notify>,
     /// Counts lookups.
     pub metrics: Arc<Metrics>,
 }
 
-impl Refresher {
-    /// Refreshes until `stop` is cancelled.
+impl<L: Lookup> Refresher<L> {
+    /// Refreshes until `stop` is cancelled, a lookup under way included.
     pub async fn run(self, stop: CancellationToken) {
         let mut failures = 0;
         loop {
             let asked = Instant::now();
-            let delay = match self.dns.lookup().await {
+            let Some(result) = stop.run_until_cancelled(self.lookup.lookup()).await else {
+                return;
+            };
+            let delay = match result {
                 Ok(answer) => {
                     failures = 0;
                     self.metrics.dns_refresh(DnsResult::Ok);
@@ -68,12 +92,8 @@ impl Refresher {
                 Err(err @ LookupError::Negative { ttl, .. }) => {
                     failures = 0;
                     self.metrics.dns_refresh(DnsResult::Negative);
-                    self.apply(
-                        &Default::default(),
-                        Discovery::NoRecords {
-                            reason: err.to_string(),
-                        },
-                    );
+                    let reason = err.to_string();
+                    self.apply(&BTreeSet::new(), Discovery::NoRecords { reason });
                     self.bounds.clamp(ttl.unwrap_or_default())
                 }
                 Err(err @ LookupError::Failed { .. }) => {
@@ -88,27 +108,30 @@ impl Refresher {
                 }
             };
             let next = asked + delay;
-            let earliest = asked + self.bounds.min;
+            // A wake-up may come early, but never before the floor, and never inside a
+            // failure backoff: a failing DNS server is not asked faster because the endpoints
+            // fail too.
+            let earliest = if failures == 0 {
+                asked + self.bounds.min
+            } else {
+                next
+            };
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep_until(next) => {}
                 () = async {
                     self.wake.notified().await;
                     tokio::time::sleep_until(earliest).await;
-                } => tracing::debug!("refreshing early: every endpoint is failing"),
+                } => tracing::debug!("refreshing early: a request found no instance answering"),
             }
         }
     }
 
-    fn apply(
-        &self,
-        addrs: &std::collections::BTreeSet<std::net::SocketAddr>,
-        discovery: Discovery,
-    ) {
+    fn apply(&self, addrs: &BTreeSet<SocketAddr>, discovery: Discovery) {
         let changes = self.endpoints.apply(addrs, discovery);
         if !changes.is_empty() {
             tracing::info!(
-                name = self.dns.name(),
+                name = self.lookup.name(),
                 added = ?changes.added,
                 removed = ?changes.removed,
                 endpoints = addrs.len(),
@@ -152,5 +175,194 @@ mod tests {
     fn failures_back_off_up_to_the_ceiling() {
         let delays: Vec<u64> = (1..=7).map(|n| BOUNDS.backoff(n).as_secs()).collect();
         assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30]);
+    }
+
+    mod schedule {
+        use super::super::*;
+        use super::BOUNDS;
+
+        use std::collections::VecDeque;
+        use std::sync::Mutex;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        use crate::config::RecordKind;
+        use crate::endpoints::{EjectionPolicy, EndpointState};
+
+        /// Answers from a script, then the last one forever; counts the lookups.
+        struct Script {
+            answers: Mutex<VecDeque<Result<Answer, LookupError>>>,
+            calls: Arc<AtomicUsize>,
+        }
+
+        impl Lookup for Script {
+            fn name(&self) -> &str {
+                "name.internal."
+            }
+
+            async fn lookup(&self) -> Result<Answer, LookupError> {
+                self.calls.fetch_add(1, Ordering::SeqCst);
+                let mut answers = self.answers.lock().unwrap();
+                if answers.len() > 1 {
+                    answers.pop_front().unwrap()
+                } else {
+                    answers[0].clone()
+                }
+            }
+        }
+
+        fn answer(ttl: u64, last_octets: &[u8]) -> Result<Answer, LookupError> {
+            Ok(Answer {
+                addrs: last_octets
+                    .iter()
+                    .map(|n| SocketAddr::from(([10, 0, 0, *n], 3000)))
+                    .collect(),
+                ttl: Duration::from_secs(ttl),
+            })
+        }
+
+        fn failure() -> Result<Answer, LookupError> {
+            Err(LookupError::Failed {
+                name: "name.internal".into(),
+                reason: "SERVFAIL".into(),
+            })
+        }
+
+        fn nxdomain() -> Result<Answer, LookupError> {
+            Err(LookupError::Negative {
+                name: "name.internal".into(),
+                record: RecordKind::A,
+                nxdomain: true,
+                ttl: Some(Duration::from_secs(5)),
+            })
+        }
+
+        struct Running {
+            calls: Arc<AtomicUsize>,
+            endpoints: Arc<EndpointSet>,
+            wake: Arc<Notify>,
+            stop: CancellationToken,
+            task: tokio::task::JoinHandle<()>,
+        }
+
+        fn start(script: Vec<Result<Answer, LookupError>>) -> Running {
+            let calls = Arc::new(AtomicUsize::new(0));
+            let policy = EjectionPolicy {
+                after_failures: 3,
+                base_time: Duration::from_secs(2),
+                max_time: Duration::from_secs(30),
+                max_percent: 50,
+            };
+            let endpoints = Arc::new(EndpointSet::new(policy, reqwest::Client::new));
+            let wake = Arc::new(Notify::new());
+            let stop = CancellationToken::new();
+            let refresher = Refresher {
+                lookup: Script {
+                    answers: Mutex::new(script.into()),
+                    calls: Arc::clone(&calls),
+                },
+                endpoints: Arc::clone(&endpoints),
+                bounds: BOUNDS,
+                wake: Arc::clone(&wake),
+                metrics: Arc::default(),
+            };
+            let task = tokio::spawn(refresher.run(stop.clone()));
+            Running {
+                calls,
+                endpoints,
+                wake,
+                stop,
+                task,
+            }
+        }
+
+        impl Running {
+            fn calls(&self) -> usize {
+                self.calls.load(Ordering::SeqCst)
+            }
+        }
+
+        /// Lets the paused clock run `millis` forward, the refresher working meanwhile.
+        async fn run_for(millis: u64) {
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_zero_ttl_is_asked_once_per_floor() {
+            let running = start(vec![answer(0, &[1, 2])]);
+            run_for(10_500).await;
+            // t = 0, 1, ..., 10.
+            assert_eq!(running.calls(), 11);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn the_next_lookup_waits_for_the_ttl() {
+            let running = start(vec![answer(10, &[1, 2])]);
+            run_for(9_500).await;
+            assert_eq!(running.calls(), 1);
+            run_for(1_000).await;
+            assert_eq!(running.calls(), 2);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn failures_back_off_and_keep_the_last_answer() {
+            let running = start(vec![answer(1, &[1, 2]), failure()]);
+            // t = 0 answer; then failures at 1, 2, 4, 8, 16 (backoff 1, 2, 4, 8, 16 s).
+            run_for(16_500).await;
+            assert_eq!(running.calls(), 6);
+            let snapshot = running.endpoints.snapshot();
+            assert_eq!(snapshot.endpoints.len(), 2);
+            assert!(matches!(snapshot.discovery, Discovery::Failing { .. }));
+            let report = running.endpoints.report(Instant::now());
+            assert!(
+                report
+                    .iter()
+                    .all(|endpoint| endpoint.state == EndpointState::Stale)
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn nxdomain_empties_the_set() {
+            let running = start(vec![answer(1, &[1, 2]), nxdomain()]);
+            run_for(1_500).await;
+            let snapshot = running.endpoints.snapshot();
+            assert!(snapshot.endpoints.is_empty());
+            assert!(matches!(snapshot.discovery, Discovery::NoRecords { .. }));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_wake_refreshes_early_but_not_before_the_floor() {
+            let running = start(vec![answer(30, &[1, 2])]);
+            run_for(100).await;
+            assert_eq!(running.calls(), 1);
+
+            running.wake.notify_one();
+            run_for(800).await;
+            assert_eq!(running.calls(), 1, "the floor is 1 s");
+            run_for(200).await;
+            assert_eq!(running.calls(), 2, "woken: no waiting for the 30 s TTL");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_wake_does_not_cut_a_failure_backoff() {
+            let running = start(vec![answer(1, &[1]), failure(), failure(), failure()]);
+            // Lookups at t = 0 (answer), 1, 2 and 4 (failures); the next backoff is 4 s.
+            run_for(4_100).await;
+            assert_eq!(running.calls(), 4);
+            running.wake.notify_one();
+            run_for(3_000).await;
+            assert_eq!(running.calls(), 4);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn cancelling_stops_the_refresher() {
+            let running = start(vec![answer(1, &[1])]);
+            run_for(100).await;
+            running.stop.cancel();
+            let calls = Arc::clone(&running.calls);
+            running.task.await.unwrap();
+            let stopped_at = calls.load(Ordering::SeqCst);
+            run_for(5_000).await;
+            assert_eq!(calls.load(Ordering::SeqCst), stopped_at);
+        }
     }
 }

@@ -30,6 +30,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
     let instance = config.listen.instance_id().await;
     let addr = listener
         .local_addr()
@@ -40,8 +41,10 @@ pub async fn run(
     let calls = config.calls;
     connection_pool(&calls).context("cannot build the HTTP client")?;
     let endpoints = Arc::new(EndpointSet::new(ejection_policy(&calls), move || {
-        // The same settings built a client at start-up, so this cannot fail.
-        connection_pool(&calls).unwrap_or_default()
+        // The same settings built a client above, and building one depends on nothing else
+        // (no TLS backend, no system configuration), so this cannot fail.
+        #[allow(clippy::expect_used)]
+        connection_pool(&calls).expect("the HTTP client was built at start-up")
     }));
     let metrics = Arc::new(Metrics::default());
     let wake = Arc::new(Notify::new());
@@ -65,7 +68,7 @@ pub async fn run(
                 &config.dns,
             )?;
             let refresher = Refresher {
-                dns,
+                lookup: dns,
                 endpoints: Arc::clone(&endpoints),
                 bounds: TtlBounds {
                     min: config.dns.dns_min_ttl,
@@ -86,13 +89,25 @@ pub async fn run(
         wake,
     );
     let state = AppState::new(instance, Arc::new(client), metrics);
-    let served = common::serve(listener, app(state), shutdown).await;
+    let serve = common::serve(listener, app(state), shutdown);
+    let mut refresher = refresher;
+    // The refresher runs until told to stop; if it ends before, hello would serve a frozen
+    // set of endpoints, so it stops instead, and the orchestrator starts a fresh one.
+    let refresher_ended = async {
+        match refresher.as_mut() {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        served = serve => served.context("server failed")?,
+        ended = refresher_ended => anyhow::bail!("the DNS refresher stopped: {ended:?}"),
+    }
 
     stop.cancel();
     if let Some(refresher) = refresher {
         refresher.await.context("DNS refresher failed")?;
     }
-    served.context("server failed")?;
     tracing::info!("stopped");
     Ok(())
 }

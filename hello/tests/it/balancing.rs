@@ -11,7 +11,7 @@ use crate::helpers::{Hello, SERVICE, ips, name_instances};
 
 #[tokio::test]
 async fn requests_spread_over_all_three_instances() {
-    let names = name_instances(3).await;
+    let names = name_instances(3);
     let dns = DnsServer::start(10).await;
     dns.set_a(SERVICE, &ips(&names));
     let url = format!("http://name.internal:{}", names[0].addr.port());
@@ -39,7 +39,7 @@ async fn requests_spread_over_all_three_instances() {
 
 #[tokio::test]
 async fn a_zero_ttl_does_not_mean_a_query_per_request() {
-    let names = name_instances(3).await;
+    let names = name_instances(3);
     // TTL 0, as the original sample's Cloud Map service had. A floor of 100 ms makes the
     // 1,000 requests span many refresh periods.
     let dns = DnsServer::start(0).await;
@@ -62,7 +62,7 @@ async fn a_zero_ttl_does_not_mean_a_query_per_request() {
 
 #[tokio::test]
 async fn a_ttl_within_bounds_sets_the_refresh_period() {
-    let names = name_instances(2).await;
+    let names = name_instances(2);
     let dns = DnsServer::start(1).await;
     dns.set_a(SERVICE, &ips(&names));
     let url = format!("http://name.internal:{}", names[0].addr.port());

@@ -3,22 +3,21 @@
 
 use std::time::Duration;
 
-use hickory_proto::rr::RecordType;
 use tokio::time::Instant;
 
 use crate::dns_server::{DnsServer, Mode};
-use crate::helpers::{Hello, NameInstance, SERVICE, ips, name_instances, wait_for_queries};
+use crate::helpers::{Hello, NameInstance, SERVICE, ips, name_instances};
 
 #[tokio::test]
 async fn a_killed_instance_still_in_dns_fails_no_request() {
-    let mut names = name_instances(3).await;
+    let mut names = name_instances(3);
     let dns = DnsServer::start(600).await;
     dns.set_a(SERVICE, &ips(&names));
     let url = format!("http://name.internal:{}", names[0].addr.port());
     let hello = Hello::start(&dns, &url, &[]).await;
     assert!(hello.wait_ready(Duration::from_secs(5)).await);
 
-    names.remove(1).kill().await;
+    names.remove(1).kill();
     let tally = hello.tally(200).await;
 
     assert_eq!(tally.values().sum::<usize>(), 200);
@@ -32,7 +31,7 @@ async fn a_killed_instance_still_in_dns_fails_no_request() {
 
 #[tokio::test]
 async fn every_instance_down_gives_503_within_the_deadline_and_recovers() {
-    let names = name_instances(3).await;
+    let names = name_instances(3);
     let addrs: Vec<_> = names.iter().map(|instance| instance.addr).collect();
     let dns = DnsServer::start(1).await;
     dns.set_a(SERVICE, &ips(&names));
@@ -40,7 +39,7 @@ async fn every_instance_down_gives_503_within_the_deadline_and_recovers() {
     let hello = Hello::start(&dns, &url, &["--request-timeout", "2s"]).await;
     assert!(hello.wait_ready(Duration::from_secs(5)).await);
     for instance in names {
-        instance.kill().await;
+        instance.kill();
     }
 
     let asked = Instant::now();
@@ -55,7 +54,7 @@ async fn every_instance_down_gives_503_within_the_deadline_and_recovers() {
     );
     assert_eq!(hello.get("/healthz").await.0, 200, "hello stopped serving");
 
-    let back = NameInstance::start("n2", addrs[1]).await;
+    let back = NameInstance::start("n2", addrs[1]);
     let recovered = hello
         .until(Duration::from_secs(10), |greeting| {
             greeting.name_instance == back.id
@@ -66,7 +65,7 @@ async fn every_instance_down_gives_503_within_the_deadline_and_recovers() {
 
 #[tokio::test]
 async fn a_failing_dns_server_keeps_the_last_answer() {
-    let names = name_instances(2).await;
+    let names = name_instances(2);
     let dns = DnsServer::start(1).await;
     dns.set_a(SERVICE, &ips(&names));
     let url = format!("http://name.internal:{}", names[0].addr.port());
@@ -74,8 +73,10 @@ async fn a_failing_dns_server_keeps_the_last_answer() {
     assert!(hello.wait_ready(Duration::from_secs(5)).await);
 
     dns.set_mode(Mode::ServFail);
-    let before = dns.queries(SERVICE, RecordType::A);
-    assert!(wait_for_queries(&dns, RecordType::A, before, 2, Duration::from_secs(5)).await);
+    let failing = hello
+        .wait_known(Duration::from_secs(5), |state, _| state == "failing")
+        .await;
+    assert!(failing, "the failed refresh was not noticed");
 
     let tally = hello.tally(40).await;
     assert_eq!(tally.len(), 2, "{tally:?}");
@@ -84,8 +85,31 @@ async fn a_failing_dns_server_keeps_the_last_answer() {
 }
 
 #[tokio::test]
+async fn a_hung_instance_costs_an_attempt_timeout_not_a_failed_request() {
+    let mut names = name_instances(3);
+    let dns = DnsServer::start(600).await;
+    dns.set_a(SERVICE, &ips(&names));
+    let url = format!("http://name.internal:{}", names[0].addr.port());
+    let hello = Hello::start(&dns, &url, &["--attempt-timeout", "200ms"]).await;
+    assert!(hello.wait_ready(Duration::from_secs(5)).await);
+
+    // n3's port now accepts connections (the kernel completes them) but nothing answers, as
+    // with a task that hangs.
+    let n3 = names.remove(2);
+    let addr = n3.addr;
+    n3.kill();
+    let _hung = std::net::TcpListener::bind(addr).unwrap();
+    let tally = hello.tally(60).await;
+
+    assert_eq!(tally.values().sum::<usize>(), 60);
+    assert_eq!(tally.get("n3"), None, "{tally:?}");
+    assert!(hello.metric("hello_upstream_retries_total").await >= 1);
+    assert!(hello.metric("hello_endpoint_ejections_total").await >= 1);
+}
+
+#[tokio::test]
 async fn shutdown_stops_serving_and_returns_cleanly() {
-    let names = name_instances(1).await;
+    let names = name_instances(1);
     let dns = DnsServer::start(1).await;
     dns.set_a(SERVICE, &ips(&names));
     let url = format!("http://name.internal:{}", names[0].addr.port());

@@ -17,57 +17,78 @@ use crate::dns_server::DnsServer;
 /// The service name hello discovers, as in Cloud Map's default namespace.
 pub const SERVICE: &str = "name.internal.";
 
-/// A running `name` instance.
+/// A running `name` instance, on a runtime of its own so that it can die the way a process
+/// does.
 pub struct NameInstance {
     pub id: String,
     pub addr: SocketAddr,
-    task: JoinHandle<anyhow::Result<()>>,
     stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl NameInstance {
     /// Starts `name` as instance `id` on `addr`.
-    pub async fn start(id: &str, addr: SocketAddr) -> Self {
-        let listener = TcpListener::bind(addr).await.unwrap();
-        Self::serve(id, listener)
+    pub fn start(id: &str, addr: SocketAddr) -> Self {
+        Self::serve(id, std::net::TcpListener::bind(addr).unwrap())
     }
 
-    fn serve(id: &str, listener: TcpListener) -> Self {
+    fn serve(id: &str, listener: std::net::TcpListener) -> Self {
         let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
         let config = name::config::Cli::try_parse_from(["name", "--instance-id", id])
             .unwrap()
             .config;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(name::run(config, listener, async {
-            let _ = stopped.await;
-        }));
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = TcpListener::from_std(listener).unwrap();
+                tokio::spawn(name::run(config, listener, std::future::pending()));
+                let _ = stopped.await;
+            });
+            // Dropping the runtime drops every task it runs: the listener and every open
+            // connection close at once, with no drain and no graceful shutdown.
+            drop(runtime);
+        });
         Self {
             id: id.to_owned(),
             addr,
-            task,
             stop: Some(stop),
+            thread: Some(thread),
         }
     }
 
-    /// Kills the instance: the listener and every connection close at once, with no drain, as
-    /// when a task crashes.
-    pub async fn kill(mut self) {
+    /// Kills the instance, as when a task crashes: connections close mid-flight, the port
+    /// refuses new ones.
+    pub fn kill(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
         self.stop.take();
-        self.task.abort();
-        let _ = self.task.await;
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
+}
+
+impl Drop for NameInstance {
+    fn drop(&mut self) {
+        self.stop_now();
     }
 }
 
 /// Starts `name` instances `n1`, `n2`, ... on 127.0.0.11, 127.0.0.12, ..., all on one port.
-pub async fn name_instances(count: u8) -> Vec<NameInstance> {
+pub fn name_instances(count: u8) -> Vec<NameInstance> {
     'ports: for _ in 0..20 {
-        let first = TcpListener::bind((Ipv4Addr::new(127, 0, 0, 11), 0))
-            .await
-            .unwrap();
+        let first = std::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, 11), 0)).unwrap();
         let port = first.local_addr().unwrap().port();
         let mut listeners = vec![first];
         for i in 1..count {
-            match TcpListener::bind((Ipv4Addr::new(127, 0, 0, 11 + i), port)).await {
+            match std::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, 11 + i), port)) {
                 Ok(listener) => listeners.push(listener),
                 Err(_) => continue 'ports,
             }
@@ -213,6 +234,45 @@ impl Hello {
         false
     }
 
+    /// hello's view from `/debug/endpoints`: the discovery state and the endpoint addresses.
+    pub async fn known(&self) -> (String, Vec<String>) {
+        let (_, body) = self.get("/debug/endpoints").await;
+        let debug: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let state = debug["discovery"]["state"].as_str().unwrap().to_owned();
+        let addrs = debug["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|endpoint| endpoint["address"].as_str().unwrap().to_owned())
+            .collect();
+        (state, addrs)
+    }
+
+    /// Waits until hello's view satisfies `done`, for at most `limit`.
+    pub async fn wait_known(
+        &self,
+        limit: Duration,
+        mut done: impl FnMut(&str, &[String]) -> bool,
+    ) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let (state, addrs) = self.known().await;
+            if done(&state, &addrs) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// The value of an unlabelled counter or gauge in `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    }
+
     /// Stops hello as SIGTERM would and returns what `run` returned.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
@@ -220,23 +280,4 @@ impl Hello {
         }
         (&mut self.task).await.unwrap()
     }
-}
-
-/// Waits until the DNS server has answered `count` more queries for `owner` than `since`, so
-/// that hello has applied at least one answer given after a change.
-pub async fn wait_for_queries(
-    dns: &DnsServer,
-    record_type: hickory_proto::rr::RecordType,
-    since: usize,
-    count: usize,
-    limit: Duration,
-) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if dns.queries(SERVICE, record_type) >= since + count {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
 }
