@@ -6,7 +6,7 @@ use std::error::Error as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::{CommandFactory, Parser};
+use clap::{CommandFactory, FromArgMatches};
 
 /// The port both services listen on unless told otherwise; the CloudFormation templates and
 /// the compose file use the same number.
@@ -68,20 +68,38 @@ pub enum Command {
     Healthcheck,
 }
 
-/// Parses the command line and environment into `T`. Help and version print and exit 0; a bad
-/// value exits 2 with one line that names the variable and its flag.
-pub fn parse_args<T: Parser + CommandFactory>() -> T {
-    T::try_parse().unwrap_or_else(|err| {
-        if let Some(line) = one_line::<T>(&err) {
-            eprintln!("{line}");
-            std::process::exit(2);
-        }
-        err.exit()
-    })
+/// A service's command line: its settings `C`, or a subcommand.
+#[derive(Debug, clap::Parser)]
+#[command(version)]
+pub struct Cli<C: clap::Args> {
+    /// A subcommand instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// The service's settings.
+    #[command(flatten)]
+    pub config: C,
+}
+
+/// Parses the command line and environment of the binary `name`. Help and version print and
+/// exit 0; a bad value exits 2 with one line that names the variable and its flag.
+pub fn parse_args<C: clap::Args>(name: &'static str, about: &'static str) -> Cli<C> {
+    let command = Cli::<C>::command().name(name).bin_name(name).about(about);
+    command
+        .clone()
+        .try_get_matches()
+        .and_then(|matches| Cli::<C>::from_arg_matches(&matches))
+        .unwrap_or_else(|err| {
+            if let Some(line) = one_line(&command, &err) {
+                eprintln!("{line}");
+                std::process::exit(2);
+            }
+            err.format(&mut command.clone()).exit()
+        })
 }
 
 /// The one line for a bad value: `error: invalid value "x" for PORT (--port): <reason>`.
-fn one_line<T: CommandFactory>(err: &clap::Error) -> Option<String> {
+fn one_line(command: &clap::Command, err: &clap::Error) -> Option<String> {
     if !matches!(
         err.kind(),
         ErrorKind::InvalidValue | ErrorKind::ValueValidation
@@ -97,7 +115,6 @@ fn one_line<T: CommandFactory>(err: &clap::Error) -> Option<String> {
     };
     // clap names the argument `--port <PORT>`; its variable is in the command's definition.
     let flag = arg.split_whitespace().next().unwrap_or(arg);
-    let command = T::command();
     let variable = command
         .get_arguments()
         .find(|candidate| candidate.get_long() == flag.strip_prefix("--"))

@@ -19,6 +19,6 @@ pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use config::{Command, DEFAULT_PORT, Listen, parse_args};
+pub use config::{Cli, Command, DEFAULT_PORT, Listen, parse_args};
 pub use identity::instance_id;
 pub use serve::{serve, wants_json};

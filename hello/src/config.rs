@@ -9,29 +9,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
-use common::{Command, Listen};
+use common::Listen;
 use url::Url;
 
 /// The service `hello` calls unless told otherwise: Cloud Map service `name` in the private
 /// DNS namespace `internal`, on the port both services use.
 pub const DEFAULT_NAME_SERVICE_URL: &str = "http://name.internal:3000";
 
-/// The command line: settings, or a subcommand.
-#[derive(Debug, clap::Parser)]
-#[command(
-    name = "hello",
-    version,
-    about = "Greets with a name from the name service, found through DNS."
-)]
-pub struct Cli {
-    /// A subcommand instead of serving.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-
-    /// The service's settings.
-    #[command(flatten)]
-    pub config: Config,
-}
+/// What `hello --help` says the binary does.
+pub const ABOUT: &str = "Greets with a name from the name service, found through DNS.";
 
 /// Settings for one `hello` instance.
 #[derive(Debug, Clone, clap::Args)]
@@ -278,7 +264,7 @@ mod tests {
     use clap::Parser;
 
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
-        Cli::try_parse_from(std::iter::once("hello").chain(args.iter().copied()))
+        common::Cli::<Config>::try_parse_from(std::iter::once("hello").chain(args.iter().copied()))
             .map(|cli| cli.config)
     }
 

@@ -3,20 +3,10 @@
 
 use std::time::Duration;
 
-use common::{Command, Listen};
+use common::Listen;
 
-/// The command line: settings, or a subcommand.
-#[derive(Debug, clap::Parser)]
-#[command(name = "name", version, about = "Answers with a random first name.")]
-pub struct Cli {
-    /// A subcommand instead of serving.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-
-    /// The service's settings.
-    #[command(flatten)]
-    pub config: Config,
-}
+/// What `name --help` says the binary does.
+pub const ABOUT: &str = "Answers with a random first name.";
 
 /// Settings for one `name` instance.
 #[derive(Debug, Clone, clap::Args)]

@@ -4,11 +4,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use common::Command;
-use name::config::Cli;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli: Cli = common::parse_args();
+    let cli = common::parse_args::<name::Config>("name", name::config::ABOUT);
     if let Some(Command::Healthcheck) = cli.command {
         return common::healthcheck::run(cli.config.listen.local_addr()).await;
     }

@@ -35,7 +35,7 @@ impl NameInstance {
     fn serve(id: &str, listener: std::net::TcpListener) -> Self {
         let addr = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
-        let config = name::config::Cli::try_parse_from(["name", "--instance-id", id])
+        let config = common::Cli::<name::Config>::try_parse_from(["name", "--instance-id", id])
             .unwrap()
             .config;
         let (stop, stopped) = oneshot::channel::<()>();
@@ -144,7 +144,9 @@ impl Hello {
             &dns_server,
         ];
         argv.extend_from_slice(args);
-        let config = hello::config::Cli::try_parse_from(argv).unwrap().config;
+        let config = common::Cli::<hello::Config>::try_parse_from(argv)
+            .unwrap()
+            .config;
         config.validate().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
