@@ -7,16 +7,11 @@ use hickory_proto::rr::RecordType;
 use tokio::time::Instant;
 
 use crate::dns_server::DnsServer;
-use crate::helpers::{Hello, SERVICE, ips, name_instances};
+use crate::helpers::{Hello, SERVICE, cluster, ips, name_instances};
 
 #[tokio::test]
 async fn requests_spread_over_all_three_instances() {
-    let names = name_instances(3);
-    let dns = DnsServer::start(10).await;
-    dns.set_a(SERVICE, &ips(&names));
-    let url = format!("http://name.internal:{}", names[0].addr.port());
-    let hello = Hello::start(&dns, &url, &[]).await;
-    assert!(hello.wait_ready(Duration::from_secs(5)).await);
+    let (names, _dns, hello) = cluster(3, 10, &[]).await;
 
     let first = hello.greet().await.unwrap();
     let tally = hello.tally(300).await;

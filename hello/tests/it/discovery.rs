@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use crate::dns_server::DnsServer;
-use crate::helpers::{Hello, NameInstance, SERVICE, ips, name_instances};
+use crate::helpers::{Hello, NameInstance, SERVICE, cluster, ips, name_instances};
 
 const FAST_REFRESH: &[&str] = &["--dns-min-ttl", "100ms", "--dns-max-ttl", "1s"];
 
@@ -35,12 +35,7 @@ async fn an_added_record_gets_traffic_after_the_next_refresh() {
 
 #[tokio::test]
 async fn a_removed_record_gets_no_traffic_after_the_next_refresh() {
-    let names = name_instances(3);
-    let dns = DnsServer::start(1).await;
-    dns.set_a(SERVICE, &ips(&names));
-    let url = format!("http://name.internal:{}", names[0].addr.port());
-    let hello = Hello::start(&dns, &url, FAST_REFRESH).await;
-    assert!(hello.wait_ready(Duration::from_secs(5)).await);
+    let (names, dns, hello) = cluster(3, 1, FAST_REFRESH).await;
     assert!(hello.tally(60).await.contains_key("n1"));
 
     dns.set_a(SERVICE, &ips(&names[1..]));

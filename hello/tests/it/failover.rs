@@ -6,16 +6,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::dns_server::{DnsServer, Mode};
-use crate::helpers::{Hello, NameInstance, SERVICE, ips, name_instances};
+use crate::helpers::{Hello, NameInstance, SERVICE, cluster, ips, name_instances};
 
 #[tokio::test]
 async fn a_killed_instance_still_in_dns_fails_no_request() {
-    let mut names = name_instances(3);
-    let dns = DnsServer::start(600).await;
-    dns.set_a(SERVICE, &ips(&names));
-    let url = format!("http://name.internal:{}", names[0].addr.port());
-    let hello = Hello::start(&dns, &url, &[]).await;
-    assert!(hello.wait_ready(Duration::from_secs(5)).await);
+    let (mut names, _dns, hello) = cluster(3, 600, &[]).await;
 
     names.remove(1).kill();
     let tally = hello.tally(200).await;
@@ -65,12 +60,7 @@ async fn every_instance_down_gives_503_within_the_deadline_and_recovers() {
 
 #[tokio::test]
 async fn a_failing_dns_server_keeps_the_last_answer() {
-    let names = name_instances(2);
-    let dns = DnsServer::start(1).await;
-    dns.set_a(SERVICE, &ips(&names));
-    let url = format!("http://name.internal:{}", names[0].addr.port());
-    let hello = Hello::start(&dns, &url, &["--dns-min-ttl", "100ms"]).await;
-    assert!(hello.wait_ready(Duration::from_secs(5)).await);
+    let (_names, dns, hello) = cluster(2, 1, &["--dns-min-ttl", "100ms"]).await;
 
     dns.set_mode(Mode::ServFail);
     let failing = hello
@@ -86,12 +76,7 @@ async fn a_failing_dns_server_keeps_the_last_answer() {
 
 #[tokio::test]
 async fn a_hung_instance_costs_an_attempt_timeout_not_a_failed_request() {
-    let mut names = name_instances(3);
-    let dns = DnsServer::start(600).await;
-    dns.set_a(SERVICE, &ips(&names));
-    let url = format!("http://name.internal:{}", names[0].addr.port());
-    let hello = Hello::start(&dns, &url, &["--attempt-timeout", "200ms"]).await;
-    assert!(hello.wait_ready(Duration::from_secs(5)).await);
+    let (mut names, _dns, hello) = cluster(3, 600, &["--attempt-timeout", "200ms"]).await;
 
     // n3's port now accepts connections (the kernel completes them) but nothing answers, as
     // with a task that hangs.
@@ -109,12 +94,7 @@ async fn a_hung_instance_costs_an_attempt_timeout_not_a_failed_request() {
 
 #[tokio::test]
 async fn shutdown_stops_serving_and_returns_cleanly() {
-    let names = name_instances(1);
-    let dns = DnsServer::start(1).await;
-    dns.set_a(SERVICE, &ips(&names));
-    let url = format!("http://name.internal:{}", names[0].addr.port());
-    let hello = Hello::start(&dns, &url, &[]).await;
-    assert!(hello.wait_ready(Duration::from_secs(5)).await);
+    let (_names, _dns, hello) = cluster(1, 1, &[]).await;
     let base = hello.base.clone();
     let http = hello.http.clone();
 

@@ -283,3 +283,18 @@ impl Hello {
         (&mut self.task).await.unwrap()
     }
 }
+
+/// `count` name instances, all in DNS with records of `ttl` seconds, and a hello discovering
+/// them with extra flags `args`, ready.
+pub async fn cluster(count: u8, ttl: u32, args: &[&str]) -> (Vec<NameInstance>, DnsServer, Hello) {
+    let names = name_instances(count);
+    let dns = DnsServer::start(ttl).await;
+    dns.set_a(SERVICE, &ips(&names));
+    let url = format!("http://name.internal:{}", names[0].addr.port());
+    let hello = Hello::start(&dns, &url, args).await;
+    assert!(
+        hello.wait_ready(Duration::from_secs(5)).await,
+        "hello never became ready"
+    );
+    (names, dns, hello)
+}
