@@ -159,14 +159,14 @@ impl NameClient {
         }
 
         let mut tried = Vec::new();
-        let mut last = String::from("no attempt was made");
+        // Why the last attempt failed, and why no further attempt was made; built only when
+        // an attempt fails.
+        let mut last = String::new();
         for attempt in 1..=self.options.max_attempts {
             let now = Instant::now();
             if now >= deadline {
-                last = format!(
-                    "{last}; then the {:?} deadline passed",
-                    self.options.request_timeout
-                );
+                let timeout = self.options.request_timeout;
+                last = format!("{last}; then the {timeout:?} deadline passed");
                 break;
             }
             // `rand::rng()` is a temporary, gone before the next await: the future stays `Send`.
@@ -200,7 +200,7 @@ impl NameClient {
             tracing::debug!(endpoint = %endpoint.addr(), attempt, error = %err.detail, "attempt failed");
             last = format!("{}: {}", endpoint.addr(), err.detail);
             if !err.is_endpoint_failure() {
-                break;
+                return Err(self.all_failed(tried.len(), last));
             }
             // A timeout cut short by the request's own deadline says nothing about the endpoint.
             let cut_short = timeout < self.options.attempt_timeout;
@@ -214,11 +214,15 @@ impl NameClient {
         // Nothing answered: the instances may have moved, so ask DNS again without waiting for
         // the TTL (the refresher still keeps to its floor).
         self.wake_refresher.notify_one();
-        Err(CallError::AllAttemptsFailed {
+        Err(self.all_failed(tried.len(), last))
+    }
+
+    fn all_failed(&self, attempts: usize, last: String) -> CallError {
+        CallError::AllAttemptsFailed {
             name: self.name.clone(),
-            attempts: tried.len() as u32,
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
             last,
-        })
+        }
     }
 
     fn no_endpoints(&self, discovery: &Discovery) -> CallError {

@@ -105,3 +105,23 @@ async fn shutdown_stops_serving_and_returns_cleanly() {
         "still accepting after shutdown"
     );
 }
+
+#[tokio::test]
+async fn a_4xx_is_neither_retried_nor_held_against_the_endpoint() {
+    // A fixed endpoint (an IP address in the URL, no DNS) that refuses every request.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refusing = axum::Router::new().fallback(|| async { axum::http::StatusCode::NOT_FOUND });
+    tokio::spawn(async move { axum::serve(listener, refusing).await });
+    let dns = DnsServer::start(1).await;
+    let hello = Hello::start(&dns, &format!("http://{addr}"), &[]).await;
+    assert!(hello.wait_ready(Duration::from_secs(5)).await);
+
+    let (status, body) = hello.get("/").await;
+
+    assert_eq!(status, 503);
+    assert!(body.contains("404"), "{body}");
+    assert_eq!(hello.metric("hello_upstream_retries_total").await, 0);
+    let (_, debug) = hello.get("/debug/endpoints").await;
+    assert!(debug.contains("\"consecutive_failures\":0"), "{debug}");
+}
