@@ -13,37 +13,34 @@ use tokio::time::Instant;
 use crate::endpoints::Endpoint;
 
 /// Picks an endpoint for the next attempt, or `None` when every endpoint has been tried.
+/// Allocates nothing: the candidates are a filter over the snapshot, at most a few endpoints.
 pub fn pick<'a, R: Rng + ?Sized>(
     endpoints: &'a [Arc<Endpoint>],
     tried: &[SocketAddr],
     now: Instant,
     rng: &mut R,
 ) -> Option<&'a Arc<Endpoint>> {
-    let untried: Vec<&Arc<Endpoint>> = endpoints
-        .iter()
-        .filter(|endpoint| !tried.contains(&endpoint.addr()))
-        .collect();
-    let healthy: Vec<&Arc<Endpoint>> = untried
-        .iter()
-        .copied()
-        .filter(|endpoint| !endpoint.is_ejected(now))
-        .collect();
-    let candidates = if healthy.is_empty() { untried } else { healthy };
-    power_of_two(&candidates, rng)
+    let untried = |endpoint: &&Arc<Endpoint>| !tried.contains(&endpoint.addr());
+    let healthy = |endpoint: &&Arc<Endpoint>| untried(endpoint) && !endpoint.is_ejected(now);
+    power_of_two(endpoints.iter().filter(healthy), rng)
+        .or_else(|| power_of_two(endpoints.iter().filter(untried), rng))
 }
 
+/// Draws two distinct candidates uniformly and returns the one with fewer requests in flight.
 fn power_of_two<'a, R: Rng + ?Sized>(
-    candidates: &[&'a Arc<Endpoint>],
+    candidates: impl Iterator<Item = &'a Arc<Endpoint>> + Clone,
     rng: &mut R,
 ) -> Option<&'a Arc<Endpoint>> {
-    match candidates.len() {
+    let n = candidates.clone().count();
+    match n {
         0 => None,
-        1 => Some(candidates[0]),
+        1 => candidates.clone().next(),
         n => {
             let first = rng.random_range(0..n);
             // A second index different from the first, uniformly.
             let second = (first + rng.random_range(1..n)) % n;
-            let (a, b) = (candidates[first], candidates[second]);
+            let a = candidates.clone().nth(first)?;
+            let b = candidates.clone().nth(second)?;
             Some(if b.in_flight() < a.in_flight() { b } else { a })
         }
     }
