@@ -60,6 +60,19 @@ impl Listen {
     }
 }
 
+/// A service's settings: clap arguments with a [`Listen`] among them, checked as a whole once
+/// they are parsed.
+pub trait ServiceConfig: clap::Args {
+    /// Where the service listens.
+    fn listen(&self) -> &Listen;
+
+    /// Checks what single fields cannot (bounds that must be ordered, and the like); the
+    /// message names the variables. Runs once, at parse time.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 /// Subcommands every service binary has.
 #[derive(Debug, Clone, Copy, clap::Subcommand)]
 pub enum Command {
@@ -81,11 +94,12 @@ pub struct Cli<C: clap::Args> {
     pub config: C,
 }
 
-/// Parses the command line and environment of the binary `name`. Help and version print and
-/// exit 0; a bad value exits 2 with one line that names the variable and its flag.
-pub fn parse_args<C: clap::Args>(name: &'static str, about: &'static str) -> Cli<C> {
+/// Parses the command line and environment of the binary `name`, and checks the settings as a
+/// whole. Help and version print and exit 0; a bad value exits 2 with one line that names the
+/// variable and its flag.
+pub fn parse_args<C: ServiceConfig>(name: &'static str, about: &'static str) -> Cli<C> {
     let command = Cli::<C>::command().name(name).bin_name(name).about(about);
-    command
+    let cli = command
         .clone()
         .try_get_matches()
         .and_then(|matches| Cli::<C>::from_arg_matches(&matches))
@@ -95,7 +109,12 @@ pub fn parse_args<C: clap::Args>(name: &'static str, about: &'static str) -> Cli
                 std::process::exit(2);
             }
             err.format(&mut command.clone()).exit()
-        })
+        });
+    if let Err(reason) = cli.config.validate() {
+        eprintln!("error: {reason}");
+        std::process::exit(2);
+    }
+    cli
 }
 
 /// The one line for a bad value: `error: invalid value "x" for PORT (--port): <reason>`.

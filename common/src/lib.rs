@@ -11,14 +11,19 @@
 //! - [`shutdown`]: SIGTERM and Ctrl-C as one future.
 //! - [`serve`]: an axum server with request tracing and graceful shutdown.
 //! - [`healthcheck`]: the client side of the `healthcheck` subcommand.
+//! - [`main_loop`]: the `main` both binaries share.
+//! - [`answer`]: the `name` service's JSON answer, written by one service and read by the other.
 
+pub mod answer;
 pub mod config;
 pub mod healthcheck;
 pub mod identity;
+pub mod main_loop;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use config::{Cli, Command, DEFAULT_PORT, Listen, parse_args};
+pub use answer::NameAnswer;
+pub use config::{Cli, Command, DEFAULT_PORT, Listen, ServiceConfig, parse_args};
 pub use identity::instance_id;
 pub use serve::{serve, wants_json};

@@ -1,39 +1,59 @@
-//! The router and its handlers. Handlers see one [`NameClient`] in the state and nothing of
+//! The router and its handlers. Handlers see one [`Upstream`] in the state and nothing of
 //! discovery's insides.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
+use common::NameAnswer;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde_json::json;
-use tokio::time::Instant;
 
-use crate::client::{CallError, NameClient};
-use crate::metrics::{Metrics, RequestOutcome};
+use crate::upstream::{CallError, Upstream};
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
     instance: Arc<str>,
-    client: Arc<NameClient>,
-    metrics: Arc<Metrics>,
+    upstream: Upstream,
+    registry: Arc<Registry>,
+    answered: Counter,
+    unavailable: Counter,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    outcome: &'static str,
 }
 
 impl AppState {
-    /// State for the instance named `instance`.
-    pub fn new(
-        instance: impl Into<Arc<str>>,
-        client: Arc<NameClient>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// State for the instance named `instance`, calling `upstream`; registers the request
+    /// counters in `registry`, which `/metrics` then serves whole.
+    pub fn new(instance: impl Into<Arc<str>>, upstream: Upstream, mut registry: Registry) -> Self {
+        let requests = Family::<RequestLabels, Counter>::default();
+        let answered = requests
+            .get_or_create(&RequestLabels { outcome: "ok" })
+            .clone();
+        let unavailable = requests
+            .get_or_create(&RequestLabels {
+                outcome: "unavailable",
+            })
+            .clone();
+        registry.register("requests", "Requests to GET /, by outcome", requests);
         Self {
             instance: instance.into(),
-            client,
-            metrics,
+            upstream,
+            registry: Arc::new(registry),
+            answered,
+            unavailable,
         }
     }
 }
@@ -46,13 +66,14 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .route("/debug/endpoints", get(debug_endpoints))
+        .layer(middleware::from_fn(log_failures))
         .with_state(state)
 }
 
 /// The JSON answer of `GET /`.
 #[derive(Debug, Serialize)]
 struct Greeting<'a> {
-    greeting: String,
+    greeting: &'a str,
     name: &'a str,
     hello_instance: &'a str,
     name_instance: &'a str,
@@ -61,26 +82,23 @@ struct Greeting<'a> {
 }
 
 async fn hello(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, AppError> {
-    let wants_json = common::wants_json(&headers);
-    let reply = match state.client.call().await {
+    let json = common::wants_json(&headers);
+    let reply = match state.upstream.call(NameAnswer::decode).await {
         Ok(reply) => reply,
         Err(error) => {
-            state.metrics.request(RequestOutcome::Unavailable);
-            return Err(AppError {
-                error,
-                json: wants_json,
-            });
+            state.unavailable.inc();
+            return Err(AppError { error, json });
         }
     };
-    state.metrics.request(RequestOutcome::Ok);
+    state.answered.inc();
     let answer = &reply.answer;
     let greeting = format!(
         "Hello (from {}) {} (from {})",
         state.instance, answer.name, answer.instance
     );
-    if wants_json {
+    if json {
         Ok(Json(Greeting {
-            greeting,
+            greeting: &greeting,
             name: &answer.name,
             hello_instance: &state.instance,
             name_instance: &answer.instance,
@@ -89,65 +107,81 @@ async fn hello(State(state): State<AppState>, headers: HeaderMap) -> Result<Resp
         })
         .into_response())
     } else {
-        Ok(format!("{greeting}\n").into_response())
+        Ok((greeting + "\n").into_response())
     }
 }
 
-/// Ready while at least one endpoint is known.
+/// Ready while at least one endpoint is known. The load balancer checks `/healthz` instead:
+/// an outage of `name` must not take `hello` out of service with it.
 async fn ready(State(state): State<AppState>) -> (StatusCode, String) {
-    let known = state.client.endpoints().snapshot().endpoints.len();
-    if known == 0 {
+    let known = state.upstream.known_endpoints();
+    if known > 0 {
+        (StatusCode::OK, format!("ready: {known} endpoints"))
+    } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("no endpoints known for {}", state.client.name()),
+            format!("no endpoints known for {}", state.upstream.name()),
         )
-    } else {
-        (StatusCode::OK, format!("ready: {known} endpoints"))
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let report = state.client.endpoints().report(Instant::now());
-    (
-        // prometheus-client writes the OpenMetrics text format (with `# EOF`).
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.render(&report),
-    )
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+        Ok(()) => (
+            // prometheus-client writes the OpenMetrics text format (with `# EOF`).
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
-async fn debug_endpoints(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let endpoints = state.client.endpoints();
-    Json(json!({
-        "service": state.client.name(),
-        "discovery": endpoints.snapshot().discovery,
-        "endpoints": endpoints.report(Instant::now()),
-    }))
+async fn debug_endpoints(State(state): State<AppState>) -> Json<crate::upstream::Report> {
+    Json(state.upstream.report())
 }
 
 /// A request `hello` could not answer with a name: 503, with the reason in words, as text or
-/// JSON like the answer would have been.
+/// JSON like the answer would have been. Turning it into a response has no side effect; the
+/// cause is logged once, by [`log_failures`].
 #[derive(Debug)]
 pub struct AppError {
     error: CallError,
     json: bool,
 }
 
+/// The logged form of an [`AppError`], carried from the response to [`log_failures`].
+#[derive(Debug, Clone)]
+struct Failure(Arc<str>);
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        tracing::warn!(error = %self.error, "answered 503");
         let status = StatusCode::SERVICE_UNAVAILABLE;
-        if self.json {
+        let why = self.error.chain();
+        let mut response = if self.json {
             let body = json!({
                 "error": self.error.kind(),
-                "message": self.error.to_string(),
+                "message": why,
                 "service": self.error.name(),
             });
             (status, Json(body)).into_response()
         } else {
-            (status, format!("{}\n", self.error)).into_response()
-        }
+            (status, format!("{why}\n")).into_response()
+        };
+        response.extensions_mut().insert(Failure(why.into()));
+        response
     }
+}
+
+/// Logs each failed request's cause, once.
+async fn log_failures(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if let Some(Failure(why)) = response.extensions().get::<Failure>() {
+        tracing::warn!(status = response.status().as_u16(), error = %why, "answered with an error");
+    }
+    response
 }

@@ -4,13 +4,12 @@
 //! "Where" (the service to find, the DNS server to ask) is apart from "how" (TTL bounds,
 //! timeouts, retries, ejection), after hickory's `ResolverConfig` / `ResolverOpts`.
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
 use std::time::Duration;
 
 use common::Listen;
-use url::Url;
+
+use crate::upstream::{EjectionPolicy, Options, RecordKind, RetryPolicy, Target, TtlBounds};
 
 /// The service `hello` calls unless told otherwise: Cloud Map service `name` in the private
 /// DNS namespace `internal`, on the port both services use.
@@ -44,12 +43,12 @@ pub struct Config {
 pub struct Upstream {
     /// The service to call. Its host is the DNS name to discover (`<service>.<namespace>` in
     /// Cloud Map) or an IP address (one fixed endpoint, no DNS); its port is used with A records.
-    #[arg(long, env = "NAME_SERVICE_URL", default_value = DEFAULT_NAME_SERVICE_URL, value_parser = parse_service_url)]
-    pub name_service_url: ServiceUrl,
+    #[arg(long, env = "NAME_SERVICE_URL", default_value = DEFAULT_NAME_SERVICE_URL, value_parser = clap::value_parser!(Target))]
+    pub name_service_url: Target,
 
     /// Which records to ask for: `a` (addresses; the port comes from the URL) or `srv` (the
     /// port of each instance comes from its record, as Cloud Map SRV records carry it).
-    #[arg(long, env = "DISCOVERY_RECORD", value_enum, default_value_t = RecordKind::A)]
+    #[arg(long, env = "DISCOVERY_RECORD", default_value_t = RecordKind::A, value_parser = clap::value_parser!(RecordKind))]
     pub discovery_record: RecordKind,
 
     /// DNS server to ask, `ip` or `ip:port`; by default the servers in `/etc/resolv.conf`
@@ -101,7 +100,7 @@ pub struct CallOptions {
     pub retry_budget_percent: u32,
 
     /// Retries allowed per second whatever the request rate, so that low traffic can retry.
-    #[arg(long, env = "RETRY_BUDGET_MIN_PER_SECOND", default_value_t = 10)]
+    #[arg(long, env = "RETRY_BUDGET_MIN_PER_SECOND", default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub retry_budget_min_per_second: u32,
 
     /// Consecutive failures (connect error, timeout, 5xx) that eject an endpoint.
@@ -122,120 +121,70 @@ pub struct CallOptions {
 }
 
 impl Config {
-    /// Checks what single fields cannot: durations that must not be zero, bounds that must
-    /// be ordered.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.dns.dns_min_ttl.is_zero() {
-            return Err(
-                "DNS_MIN_TTL must be above zero: a zero floor would query DNS in a loop".into(),
-            );
-        }
-        for (variable, duration) in [
-            ("DNS_TIMEOUT", self.dns.dns_timeout),
-            ("CONNECT_TIMEOUT", self.calls.connect_timeout),
-            ("ATTEMPT_TIMEOUT", self.calls.attempt_timeout),
-            ("REQUEST_TIMEOUT", self.calls.request_timeout),
-        ] {
-            if duration.is_zero() {
-                return Err(format!("{variable} must be above zero"));
-            }
-        }
-        if self.dns.dns_min_ttl > self.dns.dns_max_ttl {
-            return Err("DNS_MIN_TTL must not exceed DNS_MAX_TTL".into());
-        }
-        if self.calls.attempt_timeout > self.calls.request_timeout {
-            return Err("ATTEMPT_TIMEOUT must not exceed REQUEST_TIMEOUT".into());
-        }
-        if self.calls.eject_base_time > self.calls.eject_max_time {
-            return Err("EJECT_BASE_TIME must not exceed EJECT_MAX_TIME".into());
-        }
-        Ok(())
+    /// The service to call.
+    pub fn target(&self) -> Target {
+        self.upstream.name_service_url.clone()
     }
 }
 
-/// Which DNS records name the instances.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum RecordKind {
-    /// A records: one address per instance, all on the URL's port.
-    A,
-    /// SRV records: a port and a target per instance; targets resolved to addresses.
-    Srv,
-}
-
-impl RecordKind {
-    /// The DNS record type's name: `A` or `SRV`.
-    pub fn record_type(self) -> &'static str {
-        match self {
-            Self::A => "A",
-            Self::Srv => "SRV",
+impl From<&Config> for Options {
+    fn from(config: &Config) -> Self {
+        let (dns, calls) = (&config.dns, &config.calls);
+        Self {
+            record: config.upstream.discovery_record,
+            dns_server: config.upstream.dns_server,
+            dns_timeout: dns.dns_timeout,
+            ttl: TtlBounds {
+                min: dns.dns_min_ttl,
+                max: dns.dns_max_ttl,
+            },
+            connect_timeout: calls.connect_timeout,
+            retry: RetryPolicy {
+                max_attempts: calls.max_attempts,
+                attempt_timeout: calls.attempt_timeout,
+                request_timeout: calls.request_timeout,
+                budget_percent: calls.retry_budget_percent,
+                budget_min_per_second: calls.retry_budget_min_per_second,
+            },
+            ejection: EjectionPolicy {
+                after_failures: calls.eject_after_failures,
+                base_time: calls.eject_base_time,
+                max_time: calls.eject_max_time,
+                max_percent: calls.eject_max_percent,
+            },
+            ..Options::default()
         }
     }
 }
 
-impl fmt::Display for RecordKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::A => "a",
-            Self::Srv => "srv",
-        })
+impl common::ServiceConfig for Config {
+    fn listen(&self) -> &Listen {
+        &self.listen
+    }
+
+    /// Checks what single fields cannot (durations that must not be zero, bounds that must be
+    /// ordered), once, at parse time; the message names the variables.
+    fn validate(&self) -> Result<(), String> {
+        Options::from(self).validate(variable)
     }
 }
 
-/// The `name` service's URL, checked: `http`, a host, a port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceUrl {
-    /// The host: a DNS name to discover, or a fixed address.
-    pub host: ServiceHost,
-    /// The port to call on A-record or fixed endpoints.
-    pub port: u16,
-}
-
-/// What the URL's host names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ServiceHost {
-    /// A DNS name, discovered and refreshed; kept fully qualified (trailing dot) so no search
-    /// domain is tried.
-    Dns(String),
-    /// One fixed endpoint.
-    Ip(IpAddr),
-}
-
-impl ServiceUrl {
-    /// The name to show in messages: the DNS name without its trailing dot, or the address.
-    pub fn display_host(&self) -> String {
-        match &self.host {
-            ServiceHost::Dns(name) => name.trim_end_matches('.').to_owned(),
-            ServiceHost::Ip(ip) => ip.to_string(),
-        }
+/// The variable that sets an [`Options`] field.
+fn variable(field: &'static str) -> &'static str {
+    match field {
+        "ttl.min" => "DNS_MIN_TTL",
+        "ttl.max" => "DNS_MAX_TTL",
+        "dns_timeout" => "DNS_TIMEOUT",
+        "connect_timeout" => "CONNECT_TIMEOUT",
+        "retry.attempt_timeout" => "ATTEMPT_TIMEOUT",
+        "retry.request_timeout" => "REQUEST_TIMEOUT",
+        "retry.max_attempts" => "MAX_ATTEMPTS",
+        "retry.budget_percent" => "RETRY_BUDGET_PERCENT",
+        "retry.budget_min_per_second" => "RETRY_BUDGET_MIN_PER_SECOND",
+        "ejection.base_time" => "EJECT_BASE_TIME",
+        "ejection.max_time" => "EJECT_MAX_TIME",
+        other => other,
     }
-}
-
-impl FromStr for ServiceUrl {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        parse_service_url(value)
-    }
-}
-
-fn parse_service_url(value: &str) -> Result<ServiceUrl, String> {
-    let url = Url::parse(value).map_err(|err| err.to_string())?;
-    if url.scheme() != "http" {
-        return Err(format!("scheme must be http, not {}", url.scheme()));
-    }
-    if url.path() != "/" || url.query().is_some() {
-        return Err("give only scheme, host and port".into());
-    }
-    let port = url.port_or_known_default().ok_or("no port")?;
-    let host = match url.host() {
-        Some(url::Host::Domain(name)) => {
-            ServiceHost::Dns(format!("{}.", name.trim_end_matches('.')))
-        }
-        Some(url::Host::Ipv4(ip)) => ServiceHost::Ip(ip.into()),
-        Some(url::Host::Ipv6(ip)) => ServiceHost::Ip(ip.into()),
-        None => return Err("no host".into()),
-    };
-    Ok(ServiceUrl { host, port })
 }
 
 fn parse_dns_server(value: &str) -> Result<SocketAddr, String> {
@@ -268,13 +217,17 @@ mod tests {
             .map(|cli| cli.config)
     }
 
+    use common::ServiceConfig;
+
+    use crate::upstream::TargetHost;
+
     #[test]
     fn defaults_find_name_in_the_internal_namespace() {
         let config = parse(&[]).unwrap();
         assert_eq!(
-            config.upstream.name_service_url,
-            ServiceUrl {
-                host: ServiceHost::Dns("name.internal.".into()),
+            config.target(),
+            Target {
+                host: TargetHost::Dns("name.internal.".into()),
                 port: 3000
             }
         );
@@ -283,9 +236,22 @@ mod tests {
     }
 
     #[test]
+    fn the_variables_defaults_are_the_upstream_defaults() {
+        let config = parse(&[]).unwrap();
+        let options = Options::from(&config);
+        let defaults = Options::default();
+        assert_eq!(options.record, defaults.record);
+        assert_eq!(options.dns_timeout, defaults.dns_timeout);
+        assert_eq!(options.ttl, defaults.ttl);
+        assert_eq!(options.connect_timeout, defaults.connect_timeout);
+        assert_eq!(options.retry, defaults.retry);
+        assert_eq!(options.ejection, defaults.ejection);
+    }
+
+    #[test]
     fn an_ip_literal_is_a_fixed_endpoint() {
-        let url: ServiceUrl = "http://127.0.0.1:3001".parse().unwrap();
-        assert_eq!(url.host, ServiceHost::Ip("127.0.0.1".parse().unwrap()));
+        let url: Target = "http://127.0.0.1:3001".parse().unwrap();
+        assert_eq!(url.host, TargetHost::Ip("127.0.0.1".parse().unwrap()));
         assert_eq!(url.port, 3001);
     }
 
@@ -295,6 +261,8 @@ mod tests {
             &["--name-service-url", "https://name.internal"][..],
             &["--name-service-url", "not a url"],
             &["--name-service-url", "http://name.internal:3000/path"],
+            &["--name-service-url", "http://name.internal:0"],
+            &["--name-service-url", "http://user:pw@name.internal:3000"],
             &["--discovery-record", "mx"],
             &["--dns-server", "dns.example"],
             &["--dns-min-ttl", "soon"],

@@ -4,28 +4,15 @@
 //!
 //! # Layout
 //!
-//! Discovery, endpoint state and picking are apart, after tower's discover / load / balance
-//! split and linkerd's dns / pool crates:
-//!
-//! - [`dns`]: one lookup, a DNS name to a full snapshot of addresses and a TTL.
-//! - [`refresh`]: the background task that looks up on the TTL's schedule, clamped to bounds,
-//!   and keeps the last good answer when DNS fails.
-//! - [`endpoints`]: the set the answers go into; per endpoint, load and health (outlier
-//!   ejection).
-//! - [`picker`]: power of two choices on requests in flight.
-//! - [`retry`]: the retry budget.
-//! - [`client`]: one call to `name`: attempts, timeouts, retries.
-//! - `app`: the router; [`metrics`]: Prometheus counters; [`config`]: the settings.
-//! - [`run`]: wires these together and serves on an already-bound listener.
+//! - [`upstream`]: discovery, balancing and calling, behind one front door
+//!   ([`upstream::Upstream`]); the part to copy into another service. It imports nothing from
+//!   the rest of `hello`.
+//! - [`config`]: the settings, flags and variables, translated into the upstream's options.
+//! - `app`: the router and handlers; `server`: [`run`], which wires the two and serves on an
+//!   already-bound listener.
 
-pub mod client;
 pub mod config;
-pub mod dns;
-pub mod endpoints;
-pub mod metrics;
-pub mod picker;
-pub mod refresh;
-pub mod retry;
+pub mod upstream;
 
 mod app;
 mod server;

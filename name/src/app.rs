@@ -9,9 +9,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
-use common::wants_json;
+use common::{NameAnswer, wants_json};
 use rand::seq::IndexedRandom;
-use serde::{Deserialize, Serialize};
 
 use crate::names::NAMES;
 
@@ -35,15 +34,6 @@ impl AppState {
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
-}
-
-/// The JSON answer of `GET /` with `Accept: application/json`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct NameAnswer {
-    /// The chosen first name.
-    pub name: String,
-    /// The instance that chose it.
-    pub instance: String,
 }
 
 /// The service's routes.

@@ -22,6 +22,12 @@ pub struct Config {
     pub drain_seconds: u64,
 }
 
+impl common::ServiceConfig for Config {
+    fn listen(&self) -> &Listen {
+        &self.listen
+    }
+}
+
 impl Config {
     /// The drain period as a duration.
     pub fn drain(&self) -> Duration {

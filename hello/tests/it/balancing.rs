@@ -6,17 +6,17 @@ use std::time::Duration;
 use hickory_proto::rr::RecordType;
 use tokio::time::Instant;
 
-use crate::dns_server::DnsServer;
-use crate::helpers::{Hello, SERVICE, cluster, ips, name_instances};
+use crate::helpers::{Cluster, SERVICE, ms};
 
 #[tokio::test]
 async fn requests_spread_over_all_three_instances() {
-    let (names, _dns, hello) = cluster(3, 10, &[]).await;
+    let cluster = Cluster::new(3).ttl(10).start().await;
 
-    let first = hello.greet().await.unwrap();
-    let tally = hello.tally(300).await;
+    let first = cluster.hello.greet().await.unwrap();
+    let tally = cluster.hello.tally(300).await;
 
-    let addrs: Vec<String> = names
+    let addrs: Vec<String> = cluster
+        .names
         .iter()
         .map(|instance| instance.addr.to_string())
         .collect();
@@ -34,20 +34,19 @@ async fn requests_spread_over_all_three_instances() {
 
 #[tokio::test]
 async fn a_zero_ttl_does_not_mean_a_query_per_request() {
-    let names = name_instances(3);
     // TTL 0, as the original sample's Cloud Map service had. A floor of 100 ms makes the
     // 1,000 requests span many refresh periods.
-    let dns = DnsServer::start(0).await;
-    dns.set_a(SERVICE, &ips(&names));
-    let url = format!("http://name.internal:{}", names[0].addr.port());
-    let hello = Hello::start(&dns, &url, &["--dns-min-ttl", "100ms"]).await;
-    assert!(hello.wait_ready(Duration::from_secs(5)).await);
+    let cluster = Cluster::new(3)
+        .ttl(0)
+        .configure(|config| config.dns.dns_min_ttl = ms(100))
+        .start()
+        .await;
     let started = Instant::now();
-    let before = dns.queries(SERVICE, RecordType::A);
+    let before = cluster.dns.queries(SERVICE, RecordType::A);
 
-    hello.tally(1000).await;
+    cluster.hello.tally(1000).await;
 
-    let queries = dns.queries(SERVICE, RecordType::A) - before;
+    let queries = cluster.dns.queries(SERVICE, RecordType::A) - before;
     let seconds = started.elapsed().as_secs_f64();
     // One lookup per floor period, plus the one that may be under way at each end.
     let allowed = (seconds / 0.1).floor() as usize + 2;
@@ -57,23 +56,20 @@ async fn a_zero_ttl_does_not_mean_a_query_per_request() {
 
 #[tokio::test]
 async fn a_ttl_within_bounds_sets_the_refresh_period() {
-    let names = name_instances(2);
-    let dns = DnsServer::start(1).await;
-    dns.set_a(SERVICE, &ips(&names));
-    let url = format!("http://name.internal:{}", names[0].addr.port());
-    let hello = Hello::start(
-        &dns,
-        &url,
-        &["--dns-min-ttl", "100ms", "--dns-max-ttl", "30s"],
-    )
-    .await;
-    assert!(hello.wait_ready(Duration::from_secs(5)).await);
+    let cluster = Cluster::new(2)
+        .ttl(1)
+        .configure(|config| {
+            config.dns.dns_min_ttl = ms(100);
+            config.dns.dns_max_ttl = Duration::from_secs(30);
+        })
+        .start()
+        .await;
     let started = Instant::now();
-    let before = dns.queries(SERVICE, RecordType::A);
+    let before = cluster.dns.queries(SERVICE, RecordType::A);
 
     tokio::time::sleep(Duration::from_millis(2500)).await;
 
-    let queries = dns.queries(SERVICE, RecordType::A) - before;
+    let queries = cluster.dns.queries(SERVICE, RecordType::A) - before;
     let seconds = started.elapsed().as_secs_f64();
     // Every second, as the TTL says: not every 100 ms (the floor), not never.
     assert!(queries >= 1, "no refresh in {seconds:.2} s");

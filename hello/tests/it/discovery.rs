@@ -5,27 +5,26 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use crate::dns_server::DnsServer;
-use crate::helpers::{Hello, NameInstance, SERVICE, cluster, ips, name_instances};
+use hello::upstream::RecordKind;
 
-const FAST_REFRESH: &[&str] = &["--dns-min-ttl", "100ms", "--dns-max-ttl", "1s"];
+use crate::helpers::{Cluster, NameInstance, SERVICE, fast_refresh, ips};
 
 #[tokio::test]
 async fn an_added_record_gets_traffic_after_the_next_refresh() {
-    let names = name_instances(3);
-    let dns = DnsServer::start(1).await;
-    dns.set_a(SERVICE, &ips(&names[..2]));
-    let url = format!("http://name.internal:{}", names[0].addr.port());
-    let hello = Hello::start(&dns, &url, FAST_REFRESH).await;
-    assert!(hello.wait_ready(Duration::from_secs(5)).await);
+    let cluster = Cluster::new(3)
+        .in_dns(0..2)
+        .configure(fast_refresh)
+        .start()
+        .await;
     assert!(
-        !hello.tally(50).await.contains_key("n3"),
+        !cluster.hello.tally(50).await.contains_key("n3"),
         "n3 is not in DNS yet"
     );
 
-    dns.set_a(SERVICE, &ips(&names));
+    cluster.dns.set_a(SERVICE, &ips(&cluster.names));
 
-    let reached = hello
+    let reached = cluster
+        .hello
         .until(Duration::from_secs(5), |greeting| {
             greeting.name_instance == "n3"
         })
@@ -35,27 +34,31 @@ async fn an_added_record_gets_traffic_after_the_next_refresh() {
 
 #[tokio::test]
 async fn a_removed_record_gets_no_traffic_after_the_next_refresh() {
-    let (names, dns, hello) = cluster(3, 1, FAST_REFRESH).await;
-    assert!(hello.tally(60).await.contains_key("n1"));
+    let cluster = Cluster::new(3).configure(fast_refresh).start().await;
+    assert!(cluster.hello.tally(60).await.contains_key("n1"));
 
-    dns.set_a(SERVICE, &ips(&names[1..]));
-    let gone = names[0].addr.to_string();
-    let applied = hello
+    cluster.dns.set_a(SERVICE, &ips(&cluster.names[1..]));
+    let gone = cluster.names[0].addr.to_string();
+    let applied = cluster
+        .hello
         .wait_known(Duration::from_secs(5), |_, addrs| !addrs.contains(&gone))
         .await;
     assert!(applied, "n1 still known after the refresh");
 
-    let tally = hello.tally(100).await;
+    let tally = cluster.hello.tally(100).await;
     assert_eq!(tally.get("n1"), None, "{tally:?}");
     assert_eq!(tally.len(), 2, "{tally:?}");
 }
 
 #[tokio::test]
 async fn nxdomain_at_start_is_reported_then_recovered_from() {
-    let names = name_instances(1);
-    let dns = DnsServer::start(1).await;
-    let url = format!("http://name.internal:{}", names[0].addr.port());
-    let hello = Hello::start(&dns, &url, FAST_REFRESH).await;
+    let cluster = Cluster::new(1)
+        .in_dns(0..0)
+        .configure(fast_refresh)
+        .unready()
+        .start()
+        .await;
+    let hello = &cluster.hello;
     let answered = hello
         .wait_known(Duration::from_secs(5), |state, _| state == "no_records")
         .await;
@@ -69,7 +72,7 @@ async fn nxdomain_at_start_is_reported_then_recovered_from() {
     assert!(body.contains("name.internal"), "{body}");
     assert!(body.contains("NXDOMAIN"), "{body}");
 
-    dns.set_a(SERVICE, &ips(&names));
+    cluster.dns.set_a(SERVICE, &ips(&cluster.names));
     assert!(
         hello.wait_ready(Duration::from_secs(5)).await,
         "never became ready"
@@ -79,12 +82,12 @@ async fn nxdomain_at_start_is_reported_then_recovered_from() {
 
 #[tokio::test]
 async fn srv_records_give_each_instance_its_port() {
-    // Three instances on one address, three ports: only SRV can tell them apart.
-    let mut names = Vec::new();
-    for id in ["n1", "n2", "n3"] {
-        names.push(NameInstance::start(id, (Ipv4Addr::LOCALHOST, 0).into()));
-    }
-    let dns = DnsServer::start(10).await;
+    // Three instances on one address, three ports: only SRV can tell them apart. The URL's
+    // port is not used with SRV records.
+    let names: Vec<NameInstance> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|id| NameInstance::start(id, (Ipv4Addr::LOCALHOST, 0).into()))
+        .collect();
     let targets: Vec<(u16, String)> = names
         .iter()
         .map(|instance| {
@@ -94,24 +97,25 @@ async fn srv_records_give_each_instance_its_port() {
             )
         })
         .collect();
-    let srv: Vec<(u16, &str)> = targets
-        .iter()
-        .map(|(port, target)| (*port, target.as_str()))
-        .collect();
-    dns.set_srv(SERVICE, &srv);
-    for (_, target) in &targets {
-        dns.set_a(target, &[Ipv4Addr::LOCALHOST]);
-    }
-    // The URL's port is not used with SRV records.
-    let hello = Hello::start(
-        &dns,
-        "http://name.internal:1",
-        &["--discovery-record", "srv"],
-    )
-    .await;
-    assert!(hello.wait_ready(Duration::from_secs(5)).await);
+    let cluster = Cluster::new(0)
+        .ttl(10)
+        .url("http://name.internal:1")
+        .records(move |dns| {
+            let srv: Vec<(u16, &str)> = targets
+                .iter()
+                .map(|(port, target)| (*port, target.as_str()))
+                .collect();
+            dns.set_srv(SERVICE, &srv);
+            for (_, target) in &targets {
+                dns.set_a(target, &[Ipv4Addr::LOCALHOST]);
+            }
+        })
+        .configure(|config| config.upstream.discovery_record = RecordKind::Srv)
+        .start()
+        .await;
 
-    let tally = hello.tally(90).await;
+    let tally = cluster.hello.tally(90).await;
 
     assert_eq!(tally.len(), 3, "{tally:?}");
+    drop(names);
 }

@@ -5,35 +5,33 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::dns_server::{DnsServer, Mode};
-use crate::helpers::{Hello, NameInstance, SERVICE, cluster, ips, name_instances};
+use crate::dns_server::Mode;
+use crate::helpers::{Cluster, Hello, NameInstance, hello_config, ms};
 
 #[tokio::test]
 async fn a_killed_instance_still_in_dns_fails_no_request() {
-    let (mut names, _dns, hello) = cluster(3, 600, &[]).await;
+    let mut cluster = Cluster::new(3).ttl(600).start().await;
 
-    names.remove(1).kill();
-    let tally = hello.tally(200).await;
+    cluster.names.remove(1).kill();
+    let tally = cluster.hello.tally(200).await;
 
     assert_eq!(tally.values().sum::<usize>(), 200);
     assert_eq!(tally.get("n2"), None, "{tally:?}");
-    let (_, metrics) = hello.get("/metrics").await;
-    assert!(
-        metrics.contains("hello_endpoint_ejections_total 1"),
-        "{metrics}"
+    assert_eq!(
+        cluster.hello.metric("hello_endpoint_ejections_total").await,
+        1
     );
 }
 
 #[tokio::test]
 async fn every_instance_down_gives_503_within_the_deadline_and_recovers() {
-    let names = name_instances(3);
-    let addrs: Vec<_> = names.iter().map(|instance| instance.addr).collect();
-    let dns = DnsServer::start(1).await;
-    dns.set_a(SERVICE, &ips(&names));
-    let url = format!("http://name.internal:{}", addrs[0].port());
-    let hello = Hello::start(&dns, &url, &["--request-timeout", "2s"]).await;
-    assert!(hello.wait_ready(Duration::from_secs(5)).await);
-    for instance in names {
+    let cluster = Cluster::new(3)
+        .configure(|config| config.calls.request_timeout = Duration::from_secs(2))
+        .start()
+        .await;
+    let addrs: Vec<_> = cluster.names.iter().map(|instance| instance.addr).collect();
+    let hello = cluster.hello;
+    for instance in cluster.names {
         instance.kill();
     }
 
@@ -60,45 +58,53 @@ async fn every_instance_down_gives_503_within_the_deadline_and_recovers() {
 
 #[tokio::test]
 async fn a_failing_dns_server_keeps_the_last_answer() {
-    let (_names, dns, hello) = cluster(2, 1, &["--dns-min-ttl", "100ms"]).await;
+    let cluster = Cluster::new(2)
+        .configure(|config| config.dns.dns_min_ttl = ms(100))
+        .start()
+        .await;
 
-    dns.set_mode(Mode::ServFail);
-    let failing = hello
+    cluster.dns.set_mode(Mode::ServFail);
+    let failing = cluster
+        .hello
         .wait_known(Duration::from_secs(5), |state, _| state == "failing")
         .await;
     assert!(failing, "the failed refresh was not noticed");
 
-    let tally = hello.tally(40).await;
+    let tally = cluster.hello.tally(40).await;
     assert_eq!(tally.len(), 2, "{tally:?}");
-    let (_, debug) = hello.get("/debug/endpoints").await;
+    let (_, debug) = cluster.hello.get("/debug/endpoints").await;
     assert!(debug.contains("\"stale\""), "{debug}");
 }
 
 #[tokio::test]
 async fn a_hung_instance_costs_an_attempt_timeout_not_a_failed_request() {
-    let (mut names, _dns, hello) = cluster(3, 600, &["--attempt-timeout", "200ms"]).await;
+    let mut cluster = Cluster::new(3)
+        .ttl(600)
+        .configure(|config| config.calls.attempt_timeout = ms(200))
+        .start()
+        .await;
 
     // n3's port now accepts connections (the kernel completes them) but nothing answers, as
     // with a task that hangs.
-    let n3 = names.remove(2);
+    let n3 = cluster.names.remove(2);
     let addr = n3.addr;
     n3.kill();
     let _hung = std::net::TcpListener::bind(addr).unwrap();
-    let tally = hello.tally(60).await;
+    let tally = cluster.hello.tally(60).await;
 
     assert_eq!(tally.values().sum::<usize>(), 60);
     assert_eq!(tally.get("n3"), None, "{tally:?}");
-    assert!(hello.metric("hello_upstream_retries_total").await >= 1);
-    assert!(hello.metric("hello_endpoint_ejections_total").await >= 1);
+    assert!(cluster.hello.metric("hello_upstream_retries_total").await >= 1);
+    assert!(cluster.hello.metric("hello_endpoint_ejections_total").await >= 1);
 }
 
 #[tokio::test]
 async fn shutdown_stops_serving_and_returns_cleanly() {
-    let (_names, _dns, hello) = cluster(1, 1, &[]).await;
-    let base = hello.base.clone();
-    let http = hello.http.clone();
+    let cluster = Cluster::new(1).start().await;
+    let base = cluster.hello.base.clone();
+    let http = cluster.hello.http.clone();
 
-    hello.stop().await.unwrap();
+    cluster.hello.stop().await.unwrap();
 
     assert!(
         http.get(&base).send().await.is_err(),
@@ -113,8 +119,9 @@ async fn a_4xx_is_neither_retried_nor_held_against_the_endpoint() {
     let addr = listener.local_addr().unwrap();
     let refusing = axum::Router::new().fallback(|| async { axum::http::StatusCode::NOT_FOUND });
     tokio::spawn(async move { axum::serve(listener, refusing).await });
-    let dns = DnsServer::start(1).await;
-    let hello = Hello::start(&dns, &format!("http://{addr}"), &[]).await;
+    let mut config = hello_config();
+    config.upstream.name_service_url = format!("http://{addr}").parse().unwrap();
+    let hello = Hello::start(config).await;
     assert!(hello.wait_ready(Duration::from_secs(5)).await);
 
     let (status, body) = hello.get("/").await;

@@ -3,7 +3,10 @@
 //! test DNS server.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::sync::Once;
 use std::time::Duration;
 
 use clap::Parser;
@@ -113,6 +116,48 @@ pub fn ips(instances: &[NameInstance]) -> Vec<Ipv4Addr> {
         .collect()
 }
 
+/// Polls `check` every 20 ms until it holds, for at most `limit`; returns whether it did.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Shows the services' logs on stdout when `TEST_LOG` is set (nextest prints a failing test's
+/// output); otherwise logs go nowhere.
+fn init_test_log() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            common::telemetry::init_with(
+                "hello=debug,name=debug,common=debug",
+                std::io::stdout,
+                false,
+            );
+        } else {
+            common::telemetry::init_with("off", std::io::sink, false);
+        }
+    });
+}
+
+/// hello's settings as the binary's defaults give them, for a test to change field by field.
+pub fn hello_config() -> hello::Config {
+    common::Cli::<hello::Config>::try_parse_from(["hello", "--instance-id", "h1"])
+        .unwrap()
+        .config
+}
+
 /// A running `hello`.
 pub struct Hello {
     pub base: String,
@@ -130,24 +175,10 @@ pub struct Greeting {
 }
 
 impl Hello {
-    /// Starts hello on a free loopback port, discovering `url` through `dns`, with extra
-    /// flags `args` (for example `["--dns-min-ttl", "100ms"]`).
-    pub async fn start(dns: &DnsServer, url: &str, args: &[&str]) -> Self {
-        let dns_server = dns.addr().to_string();
-        let mut argv = vec![
-            "hello",
-            "--instance-id",
-            "h1",
-            "--name-service-url",
-            url,
-            "--dns-server",
-            &dns_server,
-        ];
-        argv.extend_from_slice(args);
-        let config = common::Cli::<hello::Config>::try_parse_from(argv)
-            .unwrap()
-            .config;
-        config.validate().unwrap();
+    /// Starts hello on a free loopback port with `config`.
+    pub async fn start(config: hello::Config) -> Self {
+        init_test_log();
+        common::ServiceConfig::validate(&config).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -209,31 +240,17 @@ impl Hello {
         tally
     }
 
-    /// Polls `GET /` until an answer satisfies `done`, for at most `limit`; returns whether it
-    /// did.
-    pub async fn until(&self, limit: Duration, mut done: impl FnMut(&Greeting) -> bool) -> bool {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(greeting) = self.greet().await
-                && done(&greeting)
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
+    /// Polls `GET /` until an answer satisfies `done`, for at most `limit`.
+    pub async fn until(&self, limit: Duration, done: impl Fn(&Greeting) -> bool) -> bool {
+        eventually(limit, || async {
+            self.greet().await.is_ok_and(|greeting| done(&greeting))
+        })
+        .await
     }
 
     /// Waits until `/readyz` answers 200, for at most `limit`.
     pub async fn wait_ready(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if self.get("/readyz").await.0 == 200 {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
+        eventually(limit, || async { self.get("/readyz").await.0 == 200 }).await
     }
 
     /// hello's view from `/debug/endpoints`: the discovery state and the endpoint addresses.
@@ -254,17 +271,13 @@ impl Hello {
     pub async fn wait_known(
         &self,
         limit: Duration,
-        mut done: impl FnMut(&str, &[String]) -> bool,
+        done: impl Fn(&str, &[String]) -> bool,
     ) -> bool {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
+        eventually(limit, || async {
             let (state, addrs) = self.known().await;
-            if done(&state, &addrs) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
+            done(&state, &addrs)
+        })
+        .await
     }
 
     /// The value of an unlabelled counter or gauge in `/metrics`.
@@ -284,17 +297,120 @@ impl Hello {
     }
 }
 
-/// `count` name instances, all in DNS with records of `ttl` seconds, and a hello discovering
-/// them with extra flags `args`, ready.
-pub async fn cluster(count: u8, ttl: u32, args: &[&str]) -> (Vec<NameInstance>, DnsServer, Hello) {
-    let names = name_instances(count);
-    let dns = DnsServer::start(ttl).await;
-    dns.set_a(SERVICE, &ips(&names));
-    let url = format!("http://name.internal:{}", names[0].addr.port());
-    let hello = Hello::start(&dns, &url, args).await;
-    assert!(
-        hello.wait_ready(Duration::from_secs(5)).await,
-        "hello never became ready"
-    );
-    (names, dns, hello)
+/// Records a test writes before hello starts.
+type Records = Box<dyn FnOnce(&DnsServer)>;
+
+/// `name` instances, a DNS server and a hello discovering them, described then started:
+///
+/// ```ignore
+/// let cluster = Cluster::new(3).ttl(600).configure(|c| c.calls.max_attempts = 2).start().await;
+/// ```
+pub struct Cluster {
+    count: u8,
+    in_dns: Option<Range<usize>>,
+    ttl: u32,
+    url: Option<String>,
+    wait_ready: bool,
+    records: Option<Records>,
+    config: hello::Config,
+}
+
+/// A started [`Cluster`].
+pub struct Running {
+    pub names: Vec<NameInstance>,
+    pub dns: DnsServer,
+    pub hello: Hello,
+}
+
+impl Cluster {
+    /// `count` instances, all in DNS with a TTL of 1 s, hello with its defaults.
+    pub fn new(count: u8) -> Self {
+        Self {
+            count,
+            in_dns: None,
+            ttl: 1,
+            url: None,
+            wait_ready: true,
+            records: None,
+            config: hello_config(),
+        }
+    }
+
+    /// Only these instances (by index) have records at first.
+    pub fn in_dns(mut self, instances: Range<usize>) -> Self {
+        self.in_dns = Some(instances);
+        self
+    }
+
+    /// The records' TTL, in seconds.
+    pub fn ttl(mut self, seconds: u32) -> Self {
+        self.ttl = seconds;
+        self
+    }
+
+    /// Call this URL instead of `http://name.internal:<the instances' port>`.
+    pub fn url(mut self, url: &str) -> Self {
+        self.url = Some(url.to_owned());
+        self
+    }
+
+    /// Writes further records before hello starts.
+    pub fn records(mut self, write: impl FnOnce(&DnsServer) + 'static) -> Self {
+        self.records = Some(Box::new(write));
+        self
+    }
+
+    /// Start without waiting for hello to be ready.
+    pub fn unready(mut self) -> Self {
+        self.wait_ready = false;
+        self
+    }
+
+    /// Changes hello's settings.
+    pub fn configure(mut self, change: impl FnOnce(&mut hello::Config)) -> Self {
+        change(&mut self.config);
+        self
+    }
+
+    /// Starts everything; unless told otherwise, waits until hello is ready.
+    pub async fn start(mut self) -> Running {
+        let names = if self.count == 0 {
+            Vec::new()
+        } else {
+            name_instances(self.count)
+        };
+        let dns = DnsServer::start(self.ttl).await;
+        let listed = self.in_dns.unwrap_or(0..names.len());
+        if !listed.is_empty() {
+            dns.set_a(SERVICE, &ips(&names[listed]));
+        }
+        if let Some(write) = self.records.take() {
+            write(&dns);
+        }
+        let url = self.url.unwrap_or_else(|| {
+            let port = names.first().map_or(1, |instance| instance.addr.port());
+            format!("http://name.internal:{port}")
+        });
+        self.config.upstream.name_service_url = url.parse().unwrap();
+        self.config.upstream.dns_server = Some(dns.addr());
+        let hello = Hello::start(self.config).await;
+        if self.wait_ready {
+            assert!(
+                hello.wait_ready(Duration::from_secs(5)).await,
+                "hello never became ready"
+            );
+        }
+        Running { names, dns, hello }
+    }
+}
+
+/// Milliseconds, for settings.
+pub fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
+}
+
+/// A refresh fast enough for tests: floor 100 ms, ceiling 1 s.
+pub fn fast_refresh(config: &mut hello::Config) {
+    config.dns.dns_min_ttl = ms(100);
+    config.dns.dns_max_ttl = Duration::from_secs(1);
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rand::{Rng, RngExt};
 use tokio::time::Instant;
 
-use crate::endpoints::Endpoint;
+use super::endpoints::Endpoint;
 
 /// Picks an endpoint for the next attempt, or `None` when every endpoint has been tried.
 /// Allocates nothing: the candidates are a filter over the snapshot, at most a few endpoints.
@@ -56,7 +56,7 @@ mod tests {
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
-    use crate::endpoints::{Discovery, EjectionPolicy, EndpointSet};
+    use crate::upstream::endpoints::{Discovery, EjectionPolicy, EndpointSet};
 
     fn set_of(n: u8) -> EndpointSet {
         let policy = EjectionPolicy {

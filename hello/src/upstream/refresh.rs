@@ -9,16 +9,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::dns::{Answer, Dns, LookupError};
-use crate::endpoints::{Discovery, EndpointSet};
-use crate::metrics::{DnsResult, Metrics};
+use super::Shared;
+use super::dns::{Answer, Dns, LookupError};
+use super::endpoints::Discovery;
+use super::metrics::DnsResult;
 
 /// The TTL bounds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TtlBounds {
     /// Floor: no two lookups closer together than this.
     pub min: Duration,
@@ -62,15 +62,10 @@ impl Lookup for Dns {
 pub struct Refresher<L> {
     /// What to look up.
     pub lookup: L,
-    /// Where answers go.
-    pub endpoints: Arc<EndpointSet>,
+    /// Where answers go, the refresh requests of the request path, and the metrics.
+    pub shared: Arc<Shared>,
     /// The TTL bounds; `min` must not exceed `max`.
     pub bounds: TtlBounds,
-    /// Notified by the request path when every attempt of a request failed: refresh before
-    /// the TTL runs out, but not before the floor (nor, while DNS is failing, the backoff).
-    pub wake: Arc<Notify>,
-    /// Counts lookups.
-    pub metrics: Arc<Metrics>,
 }
 
 impl<L: Lookup> Refresher<L> {
@@ -85,32 +80,34 @@ impl<L: Lookup> Refresher<L> {
             let delay = match result {
                 Ok(answer) => {
                     failures = 0;
-                    self.metrics.dns_refresh(DnsResult::Ok);
+                    self.shared.metrics.dns_refresh(DnsResult::Ok);
                     self.apply(&answer.addrs, Discovery::Resolved);
                     self.bounds.clamp(answer.ttl)
                 }
                 Err(err @ LookupError::Negative { ttl, .. }) => {
                     failures = 0;
-                    self.metrics.dns_refresh(DnsResult::Negative);
-                    let reason = err.to_string();
-                    self.apply(&BTreeSet::new(), Discovery::NoRecords { reason });
+                    self.shared.metrics.dns_refresh(DnsResult::Negative);
+                    self.apply(
+                        &BTreeSet::new(),
+                        Discovery::NoRecords { reason: err.into() },
+                    );
                     self.bounds.clamp(ttl.unwrap_or_default())
                 }
                 Err(err @ LookupError::Failed { .. }) => {
                     failures += 1;
-                    self.metrics.dns_refresh(DnsResult::Failed);
-                    let kept = self.endpoints.snapshot().endpoints.len();
+                    self.shared.metrics.dns_refresh(DnsResult::Failed);
+                    let kept = self.shared.endpoints.snapshot().endpoints.len();
                     tracing::warn!(error = %err, kept, failures, "DNS refresh failed; keeping the last answer");
-                    self.endpoints.set_discovery(Discovery::Failing {
-                        reason: err.to_string(),
-                    });
+                    self.shared
+                        .endpoints
+                        .set_discovery(Discovery::Failing { reason: err.into() });
                     self.bounds.backoff(failures)
                 }
             };
             let next = asked + delay;
-            // A wake-up may come early, but never before the floor, and never inside a
-            // failure backoff: a failing DNS server is not asked faster because the endpoints
-            // fail too.
+            // A request for a refresh (every attempt of a call failed) may come early, but it
+            // waits for the floor, and never cuts a failure backoff: a failing DNS server is
+            // not asked faster because the endpoints fail too.
             let earliest = if failures == 0 {
                 asked + self.bounds.min
             } else {
@@ -120,7 +117,7 @@ impl<L: Lookup> Refresher<L> {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep_until(next) => {}
                 () = async {
-                    self.wake.notified().await;
+                    self.shared.refresh_requested().await;
                     tokio::time::sleep_until(earliest).await;
                 } => tracing::debug!("refreshing early: a request found no instance answering"),
             }
@@ -128,7 +125,7 @@ impl<L: Lookup> Refresher<L> {
     }
 
     fn apply(&self, addrs: &BTreeSet<SocketAddr>, discovery: Discovery) {
-        let changes = self.endpoints.apply(addrs, discovery);
+        let changes = self.shared.endpoints.apply(addrs, discovery);
         if !changes.is_empty() {
             tracing::info!(
                 name = self.lookup.name(),
@@ -185,8 +182,8 @@ mod tests {
         use std::sync::Mutex;
         use std::sync::atomic::{AtomicUsize, Ordering};
 
-        use crate::config::RecordKind;
-        use crate::endpoints::{EjectionPolicy, EndpointState};
+        use crate::upstream::endpoints::{EndpointSet, EndpointState};
+        use crate::upstream::options::RecordKind;
 
         /// Answers from a script, then the last one forever; counts the lookups.
         struct Script {
@@ -239,37 +236,28 @@ mod tests {
         struct Running {
             calls: Arc<AtomicUsize>,
             endpoints: Arc<EndpointSet>,
-            wake: Arc<Notify>,
+            shared: Arc<Shared>,
             stop: CancellationToken,
             task: tokio::task::JoinHandle<()>,
         }
 
         fn start(script: Vec<Result<Answer, LookupError>>) -> Running {
             let calls = Arc::new(AtomicUsize::new(0));
-            let policy = EjectionPolicy {
-                after_failures: 3,
-                base_time: Duration::from_secs(2),
-                max_time: Duration::from_secs(30),
-                max_percent: 50,
-            };
-            let endpoints = Arc::new(EndpointSet::new(policy, reqwest::Client::new));
-            let wake = Arc::new(Notify::new());
+            let shared = Shared::for_tests();
             let stop = CancellationToken::new();
             let refresher = Refresher {
                 lookup: Script {
                     answers: Mutex::new(script.into()),
                     calls: Arc::clone(&calls),
                 },
-                endpoints: Arc::clone(&endpoints),
+                shared: Arc::clone(&shared),
                 bounds: BOUNDS,
-                wake: Arc::clone(&wake),
-                metrics: Arc::default(),
             };
             let task = tokio::spawn(refresher.run(stop.clone()));
             Running {
                 calls,
-                endpoints,
-                wake,
+                endpoints: Arc::clone(&shared.endpoints),
+                shared,
                 stop,
                 task,
             }
@@ -335,7 +323,7 @@ mod tests {
             run_for(100).await;
             assert_eq!(running.calls(), 1);
 
-            running.wake.notify_one();
+            running.shared.request_refresh();
             run_for(800).await;
             assert_eq!(running.calls(), 1, "the floor is 1 s");
             run_for(200).await;
@@ -348,7 +336,7 @@ mod tests {
             // Lookups at t = 0 (answer), 1, 2 and 4 (failures); the next backoff is 4 s.
             run_for(4_100).await;
             assert_eq!(running.calls(), 4);
-            running.wake.notify_one();
+            running.shared.request_refresh();
             run_for(3_000).await;
             assert_eq!(running.calls(), 4);
         }

@@ -1,7 +1,7 @@
 //! The endpoint set: what `hello` currently knows about the `name` instances. Per endpoint:
 //! requests in flight, consecutive failures, ejection. The set takes each DNS answer as a full
 //! snapshot and keeps the state of the endpoints that stay; it does not look anything up
-//! ([`crate::refresh`] does) and does not choose ([`crate::picker`] does).
+//! (`refresh` does) and does not choose (`picker` does).
 //!
 //! Ejection follows Envoy's outlier detection: `consecutive_5xx` (here any failed attempt:
 //! connect error, timeout, 5xx), `base_ejection_time` doubled on each further ejection up to
@@ -17,8 +17,10 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::dns::LookupError;
+
 /// When endpoints are ejected, and for how long.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EjectionPolicy {
     /// Consecutive failures that eject an endpoint.
     pub after_failures: u32,
@@ -28,6 +30,17 @@ pub struct EjectionPolicy {
     pub max_time: Duration,
     /// Most endpoints ejected at once, in percent of the set; at least one may always be.
     pub max_percent: u32,
+}
+
+impl Default for EjectionPolicy {
+    fn default() -> Self {
+        Self {
+            after_failures: 3,
+            base_time: Duration::from_secs(2),
+            max_time: Duration::from_secs(30),
+            max_percent: 50,
+        }
+    }
 }
 
 impl EjectionPolicy {
@@ -146,14 +159,38 @@ pub enum Discovery {
     Resolved,
     /// The last lookup answered that there are no instances (NXDOMAIN or no records).
     NoRecords {
-        /// The answer, in words.
-        reason: String,
+        /// The answer.
+        reason: Cause,
     },
     /// The last lookup failed; the endpoints, if any, are the last good answer's.
     Failing {
-        /// The failure, in words.
-        reason: String,
+        /// The failure.
+        reason: Cause,
     },
+}
+
+/// A lookup's error, kept whole for error chains and shown in words in `/debug/endpoints`.
+#[derive(Debug, Clone)]
+pub struct Cause(pub Arc<LookupError>);
+
+impl From<LookupError> for Cause {
+    fn from(error: LookupError) -> Self {
+        Self(Arc::new(error))
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for Cause {}
+
+impl Serialize for Cause {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
 }
 
 /// What the request path reads: the endpoints and how discovery stands, replaced whole.
@@ -478,7 +515,11 @@ mod tests {
     async fn failing_discovery_marks_endpoints_stale() {
         let set = set_of(&[1]);
         set.set_discovery(Discovery::Failing {
-            reason: "timeout".into(),
+            reason: LookupError::Failed {
+                name: "name.internal".into(),
+                reason: "timeout".into(),
+            }
+            .into(),
         });
         assert_eq!(set.report(Instant::now())[0].state, EndpointState::Stale);
         assert_eq!(set.snapshot().endpoints.len(), 1);

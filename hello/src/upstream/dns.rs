@@ -1,6 +1,5 @@
 //! DNS lookups of the `name` service: a DNS name to a full snapshot of socket addresses and
-//! the TTL it may be kept for. No state and no schedule here; [`crate::refresh`] decides when
-//! to ask.
+//! the TTL it may be kept for. No state and no schedule here; `refresh` decides when to ask.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -15,7 +14,7 @@ use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, Record};
 use tokio::task::JoinSet;
 
-use crate::config::{DnsOptions, RecordKind};
+use super::options::RecordKind;
 
 /// One complete answer: every instance DNS returned, and how long the answer is valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +70,7 @@ impl Dns {
         record: RecordKind,
         port: u16,
         server: Option<SocketAddr>,
-        options: &DnsOptions,
+        timeout: Duration,
     ) -> anyhow::Result<Self> {
         let mut builder = match server {
             Some(server) => {
@@ -91,7 +90,7 @@ impl Dns {
             None => TokioResolver::builder_tokio().context("cannot read /etc/resolv.conf")?,
         };
         let opts = builder.options_mut();
-        opts.timeout = options.dns_timeout;
+        opts.timeout = timeout;
         // No retries inside hickory (`attempts` counts retries): a failed refresh keeps the
         // last answer and is retried by the refresher on its own schedule.
         opts.attempts = 0;
@@ -107,7 +106,7 @@ impl Dns {
             name: name.to_owned(),
             record,
             port,
-            timeout: options.dns_timeout,
+            timeout,
         })
     }
 

@@ -1,0 +1,267 @@
+//! Discovery, balancing and calling of one upstream service, behind one front door: the part
+//! of `hello` to copy into another service. It depends on nothing else in `hello`.
+//!
+//! # Front door
+//!
+//! - [`Upstream::start`]: takes a [`Target`] (where), [`Options`] (how) and a metrics
+//!   [`Registry`]; starts discovery in the background and returns the handle. The background
+//!   task stops when the last clone of the handle drops, or at [`Upstream::shutdown`].
+//! - [`Upstream::call`]: one call, with retries, ejection and the retry budget; the caller
+//!   decodes the answer.
+//! - [`Upstream::report`]: what the upstream knows now, for a debug route;
+//!   [`Upstream::known_endpoints`], for readiness.
+//! - The types these take and give: [`Target`], [`Options`] (with [`RecordKind`],
+//!   [`TtlBounds`], [`RetryPolicy`], [`EjectionPolicy`]), [`Reply`], [`CallError`], [`Report`].
+//!
+//! Everything else inside is private.
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! use hello::upstream::{Options, Upstream};
+//!
+//! let mut registry = prometheus_client::registry::Registry::default();
+//! let target = "http://name.internal:3000".parse().map_err(anyhow::Error::msg)?;
+//! let upstream = Upstream::start(target, Options::default(), &mut registry)?;
+//! let reply = upstream.call(|body| std::str::from_utf8(body).map(str::to_owned)).await?;
+//! println!("{} answered {}", reply.endpoint, reply.answer);
+//! # Ok(()) }
+//! ```
+//!
+//! # Inside
+//!
+//! After tower's discover / load / balance split and linkerd's dns / pool crates:
+//! `dns` looks a name up into a full snapshot; `refresh` asks on the TTL's schedule, clamped,
+//! and keeps the last good answer when DNS fails; `endpoints` holds the set and each
+//! endpoint's load and health (outlier ejection); `picker` chooses by power of two choices;
+//! `retry` is the retry policy and budget; `call` makes the attempts; `metrics` registers the
+//! counters. The refresh requested when every attempt of a call fails lives on the shared
+//! state, next to the set it refreshes.
+
+mod call;
+mod dns;
+mod endpoints;
+mod metrics;
+mod options;
+mod picker;
+mod refresh;
+mod retry;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+pub use call::{CallError, Reply};
+pub use options::{
+    EjectionPolicy, Options, RecordKind, RetryPolicy, Target, TargetHost, TtlBounds,
+};
+
+use call::{Caller, DecodeError};
+use dns::Dns;
+use endpoints::{Discovery, EndpointReport, EndpointSet};
+use metrics::Metrics;
+use refresh::Refresher;
+
+/// A handle on one upstream service: cheap to clone, shared by every request.
+#[derive(Clone)]
+pub struct Upstream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    caller: Caller,
+    /// The background refresher, when there is one; taken by whoever waits for it.
+    refresher: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    stop: CancellationToken,
+    /// Stops the refresher when the last handle drops.
+    _stop_on_drop: DropGuard,
+}
+
+/// What the request path and the refresher share: the endpoint set, the request for an early
+/// refresh, and the counters.
+pub(crate) struct Shared {
+    endpoints: Arc<EndpointSet>,
+    refresh: Notify,
+    metrics: Metrics,
+}
+
+impl Shared {
+    fn new(options: &Options, registry: &mut Registry) -> anyhow::Result<Arc<Self>> {
+        let pool = pool_builder(options);
+        pool().context("cannot build the HTTP client")?;
+        let endpoints = Arc::new(EndpointSet::new(options.ejection, move || {
+            // The same settings built a client above, and building one depends on nothing
+            // else (no TLS backend, no system configuration), so this cannot fail.
+            #[allow(clippy::expect_used)]
+            pool().expect("the HTTP client was built at start-up")
+        }));
+        let metrics = Metrics::register(registry, Arc::clone(&endpoints));
+        Ok(Arc::new(Self {
+            endpoints,
+            refresh: Notify::new(),
+            metrics,
+        }))
+    }
+
+    /// Asks the refresher to look again before the TTL runs out.
+    fn request_refresh(&self) {
+        self.refresh.notify_one();
+    }
+
+    /// Completes when a refresh was requested.
+    async fn refresh_requested(&self) {
+        self.refresh.notified().await;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Arc<Self> {
+        Self::new(&Options::default(), &mut Registry::default())
+            .unwrap_or_else(|err| panic!("{err}"))
+    }
+}
+
+/// One endpoint's connection pool. No proxy: a proxy from the environment (`HTTP_PROXY`)
+/// would hide the endpoints from the balancer.
+fn pool_builder(
+    options: &Options,
+) -> impl Fn() -> reqwest::Result<reqwest::Client> + Send + Sync + 'static {
+    let (connect_timeout, idle_timeout) = (options.connect_timeout, options.idle_timeout);
+    move || {
+        reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .pool_idle_timeout(idle_timeout)
+            .tcp_nodelay(true)
+            .no_proxy()
+            .build()
+    }
+}
+
+/// What the upstream knows now, to serialize (JSON for a debug route): the service's name,
+/// how discovery stands, and every endpoint with its state (`healthy`, `ejected`, `stale`),
+/// requests in flight and recent failures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    service: String,
+    discovery: Discovery,
+    endpoints: Vec<EndpointReport>,
+}
+
+impl Upstream {
+    /// Starts discovering `target` in the background and returns the handle; registers the
+    /// upstream's metrics in `registry`. Must be called inside a Tokio runtime. `options` must
+    /// pass [`Options::validate`].
+    pub fn start(
+        target: Target,
+        options: Options,
+        registry: &mut Registry,
+    ) -> anyhow::Result<Self> {
+        let shared = Shared::new(&options, registry)?;
+        let stop = CancellationToken::new();
+        let refresher = match &target.host {
+            TargetHost::Ip(ip) => {
+                let fixed = BTreeSet::from([SocketAddr::new(*ip, target.port)]);
+                shared.endpoints.apply(&fixed, Discovery::Fixed);
+                None
+            }
+            TargetHost::Dns(name) => {
+                let dns = Dns::new(
+                    name,
+                    options.record,
+                    target.port,
+                    options.dns_server,
+                    options.dns_timeout,
+                )?;
+                let refresher = Refresher {
+                    lookup: dns,
+                    shared: Arc::clone(&shared),
+                    bounds: options.ttl,
+                };
+                Some(tokio::spawn(refresher.run(stop.clone())))
+            }
+        };
+        let caller = Caller {
+            name: target.display_host(),
+            shared,
+            policy: options.retry,
+            budget: options.retry.budget(),
+            max_answer_bytes: options.max_answer_bytes,
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                caller,
+                refresher: tokio::sync::Mutex::new(refresher),
+                _stop_on_drop: stop.clone().drop_guard(),
+                stop,
+            }),
+        })
+    }
+
+    /// Calls the upstream's `GET /` (with `Accept: application/json`) and decodes the answer
+    /// with `decode`; an answer that does not decode is a failed attempt, retried elsewhere.
+    pub async fn call<T, E>(
+        &self,
+        decode: impl Fn(&[u8]) -> Result<T, E>,
+    ) -> Result<Reply<T>, CallError>
+    where
+        E: Into<DecodeError>,
+    {
+        self.inner.caller.call(decode).await
+    }
+
+    /// The service's name, as shown in messages.
+    pub fn name(&self) -> &str {
+        &self.inner.caller.name
+    }
+
+    /// How many endpoints are known now; a service is ready to call the upstream while this
+    /// is above zero.
+    pub fn known_endpoints(&self) -> usize {
+        self.inner
+            .caller
+            .shared
+            .endpoints
+            .snapshot()
+            .endpoints
+            .len()
+    }
+
+    /// What the upstream knows now: discovery's state and every endpoint's.
+    pub fn report(&self) -> Report {
+        let endpoints = &self.inner.caller.shared.endpoints;
+        Report {
+            service: self.name().to_owned(),
+            discovery: endpoints.snapshot().discovery.clone(),
+            endpoints: endpoints.report(Instant::now()),
+        }
+    }
+
+    /// Completes if discovery stops on its own (it only stops when told to): a service should
+    /// then exit rather than serve a frozen set. Never completes for a fixed address.
+    pub async fn failed(&self) -> anyhow::Error {
+        let mut refresher = self.inner.refresher.lock().await;
+        match refresher.as_mut() {
+            Some(task) => {
+                let ended = task.await;
+                refresher.take();
+                anyhow::anyhow!("discovery stopped: {ended:?}")
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops discovery and waits for it to end.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.inner.stop.cancel();
+        if let Some(task) = self.inner.refresher.lock().await.take() {
+            task.await.context("discovery failed")?;
+        }
+        Ok(())
+    }
+}

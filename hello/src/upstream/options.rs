@@ -1,0 +1,214 @@
+//! What the upstream is and how to reach it: plain types with `Default`, apart from any
+//! command-line parser (hickory's `ResolverConfig` / `ResolverOpts` split). [`Target`] says
+//! where the service is; [`Options`] says how to discover and call it. The defaults are
+//! stated here once.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use url::Url;
+
+pub use super::endpoints::EjectionPolicy;
+pub use super::refresh::TtlBounds;
+pub use super::retry::RetryPolicy;
+
+/// The service to call: a DNS name to discover (Cloud Map's `<service>.<namespace>`) or one
+/// fixed address, and the port used with A records and fixed addresses. Parsed from a URL
+/// such as `http://name.internal:3000`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The host: a DNS name to discover, or a fixed address.
+    pub host: TargetHost,
+    /// The port to call on A-record or fixed endpoints; never 0.
+    pub port: u16,
+}
+
+/// What a [`Target`]'s host names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetHost {
+    /// A DNS name, discovered and refreshed; kept fully qualified (trailing dot) so no search
+    /// domain is tried.
+    Dns(String),
+    /// One fixed endpoint.
+    Ip(IpAddr),
+}
+
+impl Target {
+    /// The name to show in messages: the DNS name without its trailing dot, or the address.
+    pub fn display_host(&self) -> String {
+        match &self.host {
+            TargetHost::Dns(name) => name.trim_end_matches('.').to_owned(),
+            TargetHost::Ip(ip) => ip.to_string(),
+        }
+    }
+}
+
+impl FromStr for Target {
+    type Err = String;
+
+    /// Accepts `http://<host>[:<port>]` and nothing more: no path, query, credentials or
+    /// port 0, each of which would be silently dropped or could never be called.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let url = Url::parse(value).map_err(|err| err.to_string())?;
+        if url.scheme() != "http" {
+            return Err(format!("scheme must be http, not {}", url.scheme()));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("credentials in the URL are not sent; remove them".into());
+        }
+        if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+            return Err("give only scheme, host and port".into());
+        }
+        let port = url.port_or_known_default().ok_or("no port")?;
+        if port == 0 {
+            return Err("port 0 cannot be called".into());
+        }
+        let host = match url.host() {
+            Some(url::Host::Domain(name)) => {
+                TargetHost::Dns(format!("{}.", name.trim_end_matches('.')))
+            }
+            Some(url::Host::Ipv4(ip)) => TargetHost::Ip(ip.into()),
+            Some(url::Host::Ipv6(ip)) => TargetHost::Ip(ip.into()),
+            None => return Err("no host".into()),
+        };
+        Ok(Self { host, port })
+    }
+}
+
+/// Which DNS records name the instances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A records: one address per instance, all on the target's port.
+    #[default]
+    A,
+    /// SRV records: a port and a target per instance; targets resolved to addresses.
+    Srv,
+}
+
+impl RecordKind {
+    /// The DNS record type's name: `A` or `SRV`.
+    pub fn record_type(self) -> &'static str {
+        match self {
+            Self::A => "A",
+            Self::Srv => "SRV",
+        }
+    }
+}
+
+impl FromStr for RecordKind {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.to_ascii_lowercase().as_str() {
+            "a" => Ok(Self::A),
+            "srv" => Ok(Self::Srv),
+            _ => Err("expected one of a, srv".into()),
+        }
+    }
+}
+
+impl fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::A => "a",
+            Self::Srv => "srv",
+        })
+    }
+}
+
+/// How to discover and call the upstream. Every field has a default; change what you need:
+///
+/// ```
+/// # use std::time::Duration;
+/// let mut options = hello::upstream::Options::default();
+/// options.retry.max_attempts = 2;
+/// options.ttl.max = Duration::from_secs(10);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Which records to ask for.
+    pub record: RecordKind,
+    /// The DNS server to ask, or `None` for those of `/etc/resolv.conf`.
+    pub dns_server: Option<SocketAddr>,
+    /// Bound on one whole lookup; past it the lookup failed and the last answer stays.
+    pub dns_timeout: Duration,
+    /// Floor and ceiling on how long an answer is kept.
+    pub ttl: TtlBounds,
+    /// Time allowed to open a connection.
+    pub connect_timeout: Duration,
+    /// How long an unused connection to an instance stays open.
+    pub idle_timeout: Duration,
+    /// Most bytes read from one answer; a longer answer is a failed attempt.
+    pub max_answer_bytes: usize,
+    /// Attempts, timeouts, which failures are retried, and the retry budget.
+    pub retry: RetryPolicy,
+    /// When failing endpoints are ejected, and for how long.
+    pub ejection: EjectionPolicy,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            record: RecordKind::A,
+            dns_server: None,
+            dns_timeout: Duration::from_secs(2),
+            ttl: TtlBounds {
+                min: Duration::from_secs(1),
+                max: Duration::from_secs(30),
+            },
+            connect_timeout: Duration::from_millis(250),
+            idle_timeout: Duration::from_secs(30),
+            max_answer_bytes: 4096,
+            retry: RetryPolicy::default(),
+            ejection: EjectionPolicy::default(),
+        }
+    }
+}
+
+impl Options {
+    /// Checks what single fields cannot: durations that must not be zero, bounds that must be
+    /// ordered. The message names the field as the caller's settings name it, through `name`.
+    pub fn validate(&self, name: impl Fn(&'static str) -> &'static str) -> Result<(), String> {
+        if self.ttl.min.is_zero() {
+            return Err(format!(
+                "{} must be above zero: a zero floor would query DNS in a loop",
+                name("ttl.min")
+            ));
+        }
+        for (field, duration) in [
+            ("dns_timeout", self.dns_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("retry.attempt_timeout", self.retry.attempt_timeout),
+            ("retry.request_timeout", self.retry.request_timeout),
+        ] {
+            if duration.is_zero() {
+                return Err(format!("{} must be above zero", name(field)));
+            }
+        }
+        let ordered = [
+            ("ttl.min", self.ttl.min, "ttl.max", self.ttl.max),
+            (
+                "retry.attempt_timeout",
+                self.retry.attempt_timeout,
+                "retry.request_timeout",
+                self.retry.request_timeout,
+            ),
+            (
+                "ejection.base_time",
+                self.ejection.base_time,
+                "ejection.max_time",
+                self.ejection.max_time,
+            ),
+        ];
+        for (low, low_value, high, high_value) in ordered {
+            if low_value > high_value {
+                return Err(format!("{} must not exceed {}", name(low), name(high)));
+            }
+        }
+        self.retry
+            .validate()
+            .map_err(|(field, reason)| format!("{} {reason}", name(field)))
+    }
+}
