@@ -7,7 +7,14 @@
 mod dns_server;
 mod helpers;
 
+// The `greeter` example, compiled into the tests so that they run it.
+#[path = "../../examples/greeter.rs"]
+#[allow(dead_code)]
+mod greeter;
+
 mod balancing;
 mod config;
 mod discovery;
 mod failover;
+mod front_door;
+mod responses;
