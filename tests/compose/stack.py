@@ -194,8 +194,8 @@ class Stack:
 
 
 def compose_command() -> list[str]:
+    """The Compose command scripts/compose-e2e found (scripts/compose-lib.sh finds it once)."""
     configured = os.environ.get("COMPOSE_CMD")
-    if configured:
-        return shlex.split(configured)
-    probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
-    return ["docker", "compose"] if probe.returncode == 0 else ["docker-compose"]
+    if not configured:
+        raise AssertionError("COMPOSE_CMD is not set: run scripts/compose-e2e")
+    return shlex.split(configured)
