@@ -4,6 +4,7 @@
 
 use std::error::Error as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, FromArgMatches};
@@ -31,6 +32,25 @@ pub struct Listen {
     /// The ECS task metadata endpoint v4; ECS sets it in every task.
     #[arg(long, env = crate::identity::ECS_METADATA_VARIABLE, hide = true)]
     pub ecs_metadata_uri: Option<String>,
+
+    /// Most client connections open at once; past it the server stops accepting until one
+    /// closes.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// Time from a request's first byte to its last header byte; a slower client is closed.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Time a keep-alive connection may wait for its next request; above the load
+    /// balancer's own idle timeout (60 s on an ALB), so the balancer closes first.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Time in-flight requests get to finish after SIGTERM (after the drain, for `name`);
+    /// then the remaining connections are closed and the process exits 0.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
 }
 
 impl Listen {
@@ -41,6 +61,16 @@ impl Listen {
             self.ecs_metadata_uri.as_deref(),
         )
         .await
+    }
+
+    /// The server's bounds.
+    pub fn limits(&self) -> crate::serve::Limits {
+        crate::serve::Limits {
+            max_connections: self.max_connections as usize,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+        }
     }
 
     /// The socket address to bind.
@@ -150,4 +180,17 @@ fn one_line(command: &clap::Command, err: &clap::Error) -> Option<String> {
     Some(format!(
         "error: invalid value {value:?} for {variable} ({flag}){reason}"
     ))
+}
+
+/// The longest duration any setting takes; longer ones are typing mistakes.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Parses a duration setting written `500ms`, `2s` or `1m`, at most a day.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(value)
+        .map_err(|err| format!("{err} (write it as 500ms, 2s or 1m)"))?;
+    if duration > MAX_DURATION {
+        return Err("at most 1 day".into());
+    }
+    Ok(duration)
 }

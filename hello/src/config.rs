@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use common::Listen;
+use common::config::parse_duration;
 
 use crate::upstream::{EjectionPolicy, Options, RecordKind, RetryPolicy, Target, TtlBounds};
 
@@ -192,18 +193,6 @@ fn parse_dns_server(value: &str) -> Result<SocketAddr, String> {
         .parse::<SocketAddr>()
         .or_else(|_| value.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
         .map_err(|_| "expected ip or ip:port".to_owned())
-}
-
-/// The longest duration any setting takes; longer ones are typing mistakes.
-const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
-
-fn parse_duration(value: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(value)
-        .map_err(|err| format!("{err} (write it as 500ms, 2s or 1m)"))?;
-    if duration > MAX_DURATION {
-        return Err("at most 1 day".into());
-    }
-    Ok(duration)
 }
 
 #[cfg(test)]

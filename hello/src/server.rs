@@ -25,10 +25,14 @@ pub async fn run(
 
     let mut registry = Registry::with_prefix("hello");
     let upstream = Upstream::start(target, (&config).into(), &mut registry)?;
+    let connections = common::ConnectionMetrics::register(&mut registry);
+    let router = app(AppState::new(instance, upstream.clone(), registry));
     let serve = common::serve(
         listener,
-        app(AppState::new(instance, upstream.clone(), registry)),
+        router,
         shutdown,
+        config.listen.limits(),
+        connections,
     );
     // Discovery runs until told to stop; if it ends before, hello would serve a frozen set of
     // endpoints, so it stops instead, and the orchestrator starts a fresh one.

@@ -40,7 +40,8 @@ pub async fn run(
         }
         tracing::info!("closing: finishing in-flight requests");
     };
-    common::serve(listener, app(state), stop)
+    let limits = config.listen.limits();
+    common::serve(listener, app(state), stop, limits, Default::default())
         .await
         .context("server failed")?;
     tracing::info!("stopped");

@@ -17,4 +17,5 @@ mod config;
 mod discovery;
 mod failover;
 mod front_door;
+mod hostile;
 mod responses;

@@ -1,0 +1,159 @@
+//! hello under hostile clients and broken neighbours: every resource bounded. Slow clients
+//! are closed, shutdown has a deadline, connections have a cap, an endless answer costs a
+//! bounded number of bytes, and a record pointing back at hello is refused, not amplified.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{Cluster, Hello, eventually, hello_config, ms};
+
+/// Opens `count` connections to `base` that send a request head one byte at a time, every
+/// `every`, from a thread of their own; returns when every connection has been closed by
+/// hello or `limit` has passed, with the number closed.
+fn slow_clients(
+    addr: std::net::SocketAddr,
+    count: usize,
+    every: Duration,
+    limit: Duration,
+) -> usize {
+    let head = b"GET /healthz HTTP/1.1\r\nHost: hello\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut streams: Vec<Option<TcpStream>> = (0..count)
+        .map(|_| {
+            let stream = TcpStream::connect(addr).unwrap();
+            stream.set_nonblocking(true).unwrap();
+            Some(stream)
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < limit && streams.iter().any(Option::is_some) {
+        for slot in &mut streams {
+            let Some(stream) = slot else { continue };
+            let mut probe = [0u8; 64];
+            let closed = match stream.read(&mut probe) {
+                Ok(0) => true,
+                Ok(_) => panic!("hello answered a request whose head never completed"),
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    stream.write_all(&head[sent % head.len()..][..1]).is_err()
+                }
+                Err(_) => true,
+            };
+            if closed {
+                *slot = None;
+            }
+        }
+        sent += 1;
+        std::thread::sleep(every);
+    }
+    streams.iter().filter(|slot| slot.is_none()).count()
+}
+
+#[tokio::test]
+async fn slow_clients_are_closed_once_the_header_timeout_passes() {
+    let cluster = Cluster::new(1)
+        .configure(|config| config.listen.header_read_timeout = ms(300))
+        .start()
+        .await;
+    let addr = cluster
+        .hello
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+
+    let closed =
+        tokio::task::spawn_blocking(move || slow_clients(addr, 20, ms(50), Duration::from_secs(5)))
+            .await
+            .unwrap();
+
+    assert_eq!(closed, 20, "slow connections left open");
+    assert_eq!(
+        cluster
+            .hello
+            .metric("hello_connections_slow_closed_total")
+            .await,
+        20
+    );
+    assert!(cluster.hello.greet().await.is_ok(), "hello stopped serving");
+}
+
+#[tokio::test]
+async fn shutdown_ends_within_its_deadline_while_slow_clients_hold_connections() {
+    let mut config = hello_config();
+    config.listen.header_read_timeout = Duration::from_secs(600);
+    config.listen.shutdown_timeout = ms(300);
+    config.upstream.name_service_url = "http://127.0.0.1:9".parse().unwrap();
+    let hello = Hello::start(config).await;
+    let addr: std::net::SocketAddr = hello.base.trim_start_matches("http://").parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        held.push(stream);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            hello.metric("hello_connections_open").await >= 10
+        })
+        .await
+    );
+
+    let stopped = tokio::time::timeout(Duration::from_secs(10), hello.stop()).await;
+
+    assert!(
+        stopped.is_ok(),
+        "hello did not stop while slow clients held connections"
+    );
+    stopped.unwrap().unwrap();
+    let mut rest = [0u8; 16];
+    assert_eq!(
+        held[0].read(&mut rest).await.unwrap_or(0),
+        0,
+        "connection left open"
+    );
+}
+
+#[tokio::test]
+async fn past_the_connection_limit_hello_stops_accepting_until_one_closes() {
+    let cluster = Cluster::new(1)
+        .configure(|config| config.listen.max_connections = 3)
+        .start()
+        .await;
+    let addr: std::net::SocketAddr = cluster
+        .hello
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    // The helper's own client holds one keep-alive connection from waiting for readiness.
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+
+    let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+    extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: hello\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 12];
+    let early = tokio::time::timeout(ms(300), extra.read_exact(&mut answer)).await;
+    assert!(early.is_err(), "a connection past the limit was served");
+    assert!(
+        cluster
+            .hello
+            .metric("hello_connections_limit_reached_total")
+            .await
+            >= 1
+    );
+
+    drop(idle);
+    tokio::time::timeout(Duration::from_secs(5), extra.read_exact(&mut answer))
+        .await
+        .expect("never served after a connection closed")
+        .unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+}
