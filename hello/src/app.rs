@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::config::VIA_PSEUDONYM;
 use crate::upstream::{CallError, Upstream};
 
 /// What the handlers share.
@@ -27,6 +28,7 @@ pub struct AppState {
     registry: Arc<Registry>,
     answered: Counter,
     unavailable: Counter,
+    loops: Counter,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -48,12 +50,19 @@ impl AppState {
             })
             .clone();
         registry.register("requests", "Requests to GET /, by outcome", requests);
+        let loops = Counter::default();
+        registry.register(
+            "loops_refused",
+            "Requests refused with 508 because they came back through hello",
+            loops.clone(),
+        );
         Self {
             instance: instance.into(),
             upstream,
             registry: Arc::new(registry),
             answered,
             unavailable,
+            loops,
         }
     }
 }
@@ -82,6 +91,16 @@ struct Greeting<'a> {
 }
 
 async fn hello(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, AppError> {
+    if came_through_hello(&headers) {
+        // A record that points back at hello (a misconfigured name, a reused address) would
+        // make every request call hello again, without end: refuse at once, never amplify.
+        state.loops.inc();
+        return Ok((
+            StatusCode::LOOP_DETECTED,
+            "loop detected: this request already passed through hello (Via)\n",
+        )
+            .into_response());
+    }
     let json = common::wants_json(&headers);
     let reply = match state.upstream.call(NameAnswer::decode).await {
         Ok(reply) => reply,
@@ -109,6 +128,17 @@ async fn hello(State(state): State<AppState>, headers: HeaderMap) -> Result<Resp
     } else {
         Ok((greeting + "\n").into_response())
     }
+}
+
+/// True when a `Via` entry (RFC 9110 section 7.6.3: `<protocol> <received-by> [comment]`)
+/// names hello as the receiver.
+fn came_through_hello(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|entry| entry.split_whitespace().nth(1) == Some(VIA_PSEUDONYM))
 }
 
 /// Ready while at least one endpoint is known. The load balancer checks `/healthz` instead:

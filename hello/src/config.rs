@@ -10,7 +10,13 @@ use std::time::Duration;
 use common::Listen;
 use common::config::parse_duration;
 
-use crate::upstream::{EjectionPolicy, Options, RecordKind, RetryPolicy, Target, TtlBounds};
+use crate::upstream::{
+    EjectionPolicy, HedgePolicy, Options, ProbePolicy, RecordKind, RetryPolicy, Target, TtlBounds,
+};
+
+/// The name hello gives itself in the `Via` header of its calls (RFC 9110 section 7.6.3); a
+/// request that arrives carrying it has come back around, and is refused.
+pub const VIA_PSEUDONYM: &str = "hello";
 
 /// The service `hello` calls unless told otherwise: Cloud Map service `name` in the private
 /// DNS namespace `internal`, on the port both services use.
@@ -116,9 +122,34 @@ pub struct CallOptions {
     #[arg(long, env = "EJECT_MAX_TIME", default_value = "30s", value_parser = parse_duration)]
     pub eject_max_time: Duration,
 
-    /// Most endpoints ejected at once, in percent of the set (at least one may always be).
+    /// Most endpoints ejected at once as outliers, in percent of the set (at least one may
+    /// always be); endpoints whose health probes fail while others answer do not count.
     #[arg(long, env = "EJECT_MAX_PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=100))]
     pub eject_max_percent: u32,
+
+    /// Time between health probes of endpoints that are new, ejected or failing.
+    #[arg(long, env = "PROBE_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    pub probe_interval: Duration,
+
+    /// Time one health probe may take.
+    #[arg(long, env = "PROBE_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
+    pub probe_timeout: Duration,
+
+    /// Send a second attempt to another endpoint when the first is slow.
+    #[arg(long, env = "HEDGE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub hedge: bool,
+
+    /// Shortest wait before a hedge, whatever recent latency says.
+    #[arg(long, env = "HEDGE_MIN_DELAY", default_value = "10ms", value_parser = parse_duration)]
+    pub hedge_min_delay: Duration,
+
+    /// Longest wait before a hedge; also the wait while recent latency is unknown.
+    #[arg(long, env = "HEDGE_MAX_DELAY", default_value = "250ms", value_parser = parse_duration)]
+    pub hedge_max_delay: Duration,
+
+    /// Most bytes read from one answer of `name`; a longer one is a failed attempt.
+    #[arg(long, env = "MAX_ANSWER_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
+    pub max_answer_bytes: u32,
 }
 
 impl Config {
@@ -153,6 +184,18 @@ impl From<&Config> for Options {
                 max_time: calls.eject_max_time,
                 max_percent: calls.eject_max_percent,
             },
+            probe: ProbePolicy {
+                interval: calls.probe_interval,
+                timeout: calls.probe_timeout,
+                ..ProbePolicy::default()
+            },
+            hedge: HedgePolicy {
+                enabled: calls.hedge,
+                min_delay: calls.hedge_min_delay,
+                max_delay: calls.hedge_max_delay,
+            },
+            max_answer_bytes: calls.max_answer_bytes as usize,
+            via: Some(format!("1.1 {VIA_PSEUDONYM}")),
             ..Options::default()
         }
     }
@@ -184,6 +227,11 @@ fn variable(field: &'static str) -> &'static str {
         "retry.budget_min_per_second" => "RETRY_BUDGET_MIN_PER_SECOND",
         "ejection.base_time" => "EJECT_BASE_TIME",
         "ejection.max_time" => "EJECT_MAX_TIME",
+        "probe.interval" => "PROBE_INTERVAL",
+        "probe.timeout" => "PROBE_TIMEOUT",
+        "hedge.min_delay" => "HEDGE_MIN_DELAY",
+        "hedge.max_delay" => "HEDGE_MAX_DELAY",
+        "max_answer_bytes" => "MAX_ANSWER_BYTES",
         other => other,
     }
 }
@@ -235,6 +283,9 @@ mod tests {
         assert_eq!(options.connect_timeout, defaults.connect_timeout);
         assert_eq!(options.retry, defaults.retry);
         assert_eq!(options.ejection, defaults.ejection);
+        assert_eq!(options.probe, defaults.probe);
+        assert_eq!(options.hedge, defaults.hedge);
+        assert_eq!(options.max_answer_bytes, defaults.max_answer_bytes);
     }
 
     #[test]

@@ -10,10 +10,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::pin;
+
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, HeaderValue, RETRY_AFTER, VIA};
 use tokio::time::Instant;
 
 use super::Shared;
-use super::endpoints::{Cause, Discovery, Endpoint};
+use super::endpoints::{Cause, Discovery, Endpoint, Recorded, Snapshot};
 use super::metrics::AttemptOutcome;
 use super::picker;
 use super::retry::{RetryBudget, RetryPolicy};
@@ -151,6 +156,8 @@ pub(crate) struct AttemptError {
     endpoint: SocketAddr,
     kind: AttemptErrorKind,
     outcome: AttemptOutcome,
+    /// How long the endpoint asked to be left alone (`Retry-After`), when it said.
+    retry_after: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,7 +165,7 @@ enum AttemptErrorKind {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("answered {0}")]
-    Status(reqwest::StatusCode),
+    Status(StatusCode),
     #[error("answer larger than {0} bytes")]
     TooLarge(usize),
     #[error("bad answer")]
@@ -174,6 +181,40 @@ pub(crate) struct Caller {
     pub(crate) policy: RetryPolicy,
     pub(crate) budget: RetryBudget,
     pub(crate) max_answer_bytes: usize,
+    pub(crate) via: Option<HeaderValue>,
+}
+
+/// The endpoints a call has tried, in order; no allocation.
+struct Tried {
+    addrs: [SocketAddr; MAX_TRIED],
+    len: usize,
+}
+
+impl Tried {
+    fn new() -> Self {
+        Self {
+            addrs: [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_TRIED],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, addr: SocketAddr) {
+        if self.len < MAX_TRIED {
+            self.addrs[self.len] = addr;
+            self.len += 1;
+        }
+    }
+
+    fn as_slice(&self) -> &[SocketAddr] {
+        &self.addrs[..self.len]
+    }
+}
+
+/// The attempt a call goes on with: its endpoint, its timeout and how it ended.
+struct Finished<'s, T> {
+    endpoint: &'s Arc<Endpoint>,
+    timeout: Duration,
+    result: Result<T, AttemptError>,
 }
 
 impl Caller {
@@ -192,26 +233,23 @@ impl Caller {
             return Err(self.no_endpoints(&snapshot.discovery));
         }
 
-        let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_TRIED];
-        let mut attempts = 0;
+        let max_attempts = (self.policy.max_attempts as usize).min(MAX_TRIED);
+        let mut tried = Tried::new();
         let mut last = None;
         let mut stopped = Stopped::Exhausted;
-        while attempts < (self.policy.max_attempts as usize).min(MAX_TRIED) {
+        while tried.len < max_attempts {
             let now = Instant::now();
             if now >= deadline {
                 stopped = Stopped::Deadline(self.policy.request_timeout);
                 break;
             }
             // `rand::rng()` is a temporary, gone before the next await: the future stays `Send`.
-            let Some(endpoint) = picker::pick(
-                &snapshot.endpoints,
-                &tried[..attempts],
-                now,
-                &mut rand::rng(),
-            ) else {
+            let Some(endpoint) =
+                picker::pick(&snapshot.endpoints, tried.as_slice(), now, &mut rand::rng())
+            else {
                 break;
             };
-            if attempts > 0 {
+            if tried.len > 0 {
                 if !self.budget.withdraw() {
                     self.shared.metrics.retry_refused();
                     stopped = Stopped::Budget;
@@ -219,46 +257,55 @@ impl Caller {
                 }
                 self.shared.metrics.retry();
             }
-            tried[attempts] = endpoint.addr();
-            attempts += 1;
+            tried.push(endpoint.addr());
             let timeout = self.policy.attempt_timeout(deadline - now);
-            let err = match self.attempt(endpoint, timeout, &decode).await {
+            let attempt = self.attempt(endpoint, timeout, &decode);
+            let hedge_after = self
+                .shared
+                .latency
+                .hedge_delay()
+                .filter(|delay| tried.len < max_attempts && *delay < timeout);
+            let finished = match hedge_after {
+                None => Finished {
+                    endpoint,
+                    timeout,
+                    result: attempt.await,
+                },
+                Some(delay) => {
+                    let first = Finished {
+                        endpoint,
+                        timeout,
+                        result: Ok(()),
+                    };
+                    self.race(
+                        attempt, first, delay, &snapshot, &mut tried, deadline, &decode,
+                    )
+                    .await
+                }
+            };
+            match finished.result {
                 Ok(answer) => {
-                    endpoint.record_success();
-                    self.shared.metrics.attempt(AttemptOutcome::Ok);
                     return Ok(Reply {
                         answer,
-                        endpoint: endpoint.addr(),
-                        attempts: attempts as u32,
+                        endpoint: finished.endpoint.addr(),
+                        attempts: tried.len as u32,
                     });
                 }
-                Err(err) => err,
-            };
-            self.shared.metrics.attempt(err.outcome);
-            tracing::debug!(endpoint = %endpoint.addr(), attempts, error = %err, "attempt failed");
-            let verdict = self.policy.verdict(err.outcome, timeout);
-            if verdict.blame
-                && let Some(ejected_for) = self
-                    .shared
-                    .endpoints
-                    .record_failure(endpoint, Instant::now())
-            {
-                self.shared.metrics.ejection();
-                tracing::warn!(endpoint = %endpoint.addr(), ?ejected_for, error = %err, "endpoint ejected");
-            }
-            last = Some(err);
-            if !verdict.retry {
-                stopped = Stopped::NotRetryable;
-                break;
+                Err(err) => {
+                    let retry = self.settle(finished.endpoint, &err, finished.timeout);
+                    last = Some(err);
+                    if !retry {
+                        stopped = Stopped::NotRetryable;
+                        break;
+                    }
+                }
             }
         }
-        if stopped != Stopped::NotRetryable {
-            // Nothing answered: the instances may have moved, so look again without waiting
-            // for the TTL (the refresher still keeps to its floor).
-            self.shared.request_refresh();
-        }
+        // Nothing answered: the instances may have moved, so look again without waiting for
+        // the TTL (the refresher still keeps to its floor).
+        self.shared.request_refresh();
         let name = self.name.clone();
-        let attempts = attempts as u32;
+        let attempts = tried.len as u32;
         Err(CallError(match last {
             Some(last) => Failure::AllAttemptsFailed {
                 name,
@@ -266,13 +313,106 @@ impl Caller {
                 stopped,
                 last,
             },
-            // No attempt at all: every endpoint was tried already (cannot happen on the first
-            // pass) or the deadline passed at once.
+            // No attempt at all: the deadline passed at once.
             None => Failure::NoEndpoints {
                 name,
                 reason: NoEndpoints::Empty,
             },
         }))
+    }
+
+    /// Runs `attempt` on `first.endpoint`; if it has not answered after `delay`, sends a
+    /// hedge to another endpoint (paid from the retry budget) and goes on with whichever
+    /// answers first. The attempt that failed or lost is settled here; the one returned is
+    /// the caller's to settle.
+    #[allow(clippy::too_many_arguments)]
+    async fn race<'s, T, E: Into<DecodeError>>(
+        &self,
+        attempt: impl Future<Output = Result<T, AttemptError>>,
+        first: Finished<'s, ()>,
+        delay: Duration,
+        snapshot: &'s Snapshot,
+        tried: &mut Tried,
+        deadline: Instant,
+        decode: &impl Fn(&[u8]) -> Result<T, E>,
+    ) -> Finished<'s, T> {
+        let mut attempt = pin!(attempt);
+        let done = |result| Finished {
+            endpoint: first.endpoint,
+            timeout: first.timeout,
+            result,
+        };
+        tokio::select! {
+            biased;
+            result = &mut attempt => return done(result),
+            () = tokio::time::sleep(delay) => {}
+        }
+        let now = Instant::now();
+        let hedge_to = picker::pick(&snapshot.endpoints, tried.as_slice(), now, &mut rand::rng());
+        let Some(second) = hedge_to.filter(|_| self.budget.withdraw()) else {
+            return done(attempt.await);
+        };
+        self.shared.metrics.hedge();
+        tried.push(second.addr());
+        let second_timeout = self
+            .policy
+            .attempt_timeout(deadline.saturating_duration_since(now));
+        let mut hedge = pin!(self.attempt(second, second_timeout, decode));
+        tokio::select! {
+            result = &mut attempt => match result {
+                Ok(answer) => done(Ok(answer)),
+                Err(err) => {
+                    self.settle(first.endpoint, &err, first.timeout);
+                    Finished { endpoint: second, timeout: second_timeout, result: hedge.await }
+                }
+            },
+            result = &mut hedge => match result {
+                Ok(answer) => {
+                    self.shared.metrics.hedge_won();
+                    // The first attempt is abandoned: slow enough to lose is held against
+                    // its endpoint, so a black-holed one is ejected after a few calls.
+                    self.shared.metrics.attempt(AttemptOutcome::LostToHedge);
+                    self.blame(first.endpoint, &"lost to a hedge");
+                    Finished { endpoint: second, timeout: second_timeout, result: Ok(answer) }
+                }
+                Err(err) => {
+                    self.settle(second, &err, second_timeout);
+                    done(attempt.await)
+                }
+            },
+        }
+    }
+
+    /// Applies a failed attempt's verdict to its endpoint and the counters; returns whether
+    /// another endpoint may do better.
+    fn settle(&self, endpoint: &Endpoint, err: &AttemptError, timeout: Duration) -> bool {
+        self.shared.metrics.attempt(err.outcome);
+        tracing::debug!(endpoint = %endpoint.addr(), error = %err, "attempt failed");
+        let verdict = self.policy.verdict(err.outcome, timeout, err.retry_after);
+        if let Some(cool_down) = verdict.cool_down {
+            endpoint.cool_down(Instant::now() + cool_down);
+        }
+        if verdict.blame {
+            self.blame(endpoint, err);
+        }
+        verdict.retry
+    }
+
+    /// Counts a failure against `endpoint`: it may be ejected, or probed when the ejection cap
+    /// keeps it in.
+    fn blame(&self, endpoint: &Endpoint, why: &dyn fmt::Display) {
+        match self
+            .shared
+            .endpoints
+            .record_failure(endpoint, Instant::now())
+        {
+            Recorded::Counted => {}
+            Recorded::Ejected(at_least) => {
+                self.shared.metrics.ejection();
+                tracing::warn!(endpoint = %endpoint.addr(), ?at_least, error = %why, "endpoint ejected");
+            }
+            Recorded::Suspect => self.shared.request_probe(),
+        }
     }
 
     fn no_endpoints(&self, discovery: &Discovery) -> CallError {
@@ -301,6 +441,7 @@ impl Caller {
         })
     }
 
+    /// One attempt: `GET /` on the endpoint, the answer read up to the bound and decoded.
     async fn attempt<T, E: Into<DecodeError>>(
         &self,
         endpoint: &Endpoint,
@@ -308,32 +449,47 @@ impl Caller {
         decode: &impl Fn(&[u8]) -> Result<T, E>,
     ) -> Result<T, AttemptError> {
         let _in_flight = endpoint.start();
+        let started = Instant::now();
         let fail = |outcome, kind| AttemptError {
             endpoint: endpoint.addr(),
             kind,
             outcome,
+            retry_after: None,
         };
         let request = async {
-            let mut response = endpoint
+            let mut request = endpoint
                 .pool()
                 .get(endpoint.url())
-                .header(reqwest::header::ACCEPT, "application/json")
+                .header(ACCEPT, "application/json");
+            if let Some(via) = &self.via {
+                request = request.header(VIA, via.clone());
+            }
+            let mut response = request
                 .send()
                 .await
                 .map_err(|err| fail(classify(&err), AttemptErrorKind::Http(err)))?;
             let status = response.status();
             if !status.is_success() {
-                let outcome = if status.is_client_error() {
+                let retry_after = retry_after(&response);
+                let outcome = if status == StatusCode::TOO_MANY_REQUESTS
+                    || (status == StatusCode::SERVICE_UNAVAILABLE && retry_after.is_some())
+                {
+                    AttemptOutcome::Overloaded
+                } else if status.is_client_error() {
                     AttemptOutcome::ClientError
                 } else if status.is_server_error() {
                     AttemptOutcome::ServerError
                 } else {
                     AttemptOutcome::BadResponse
                 };
-                return Err(fail(outcome, AttemptErrorKind::Status(status)));
+                return Err(AttemptError {
+                    retry_after,
+                    ..fail(outcome, AttemptErrorKind::Status(status))
+                });
             }
             let limit = self.max_answer_bytes;
             let too_large = || {
+                self.shared.metrics.answer_too_large();
                 fail(
                     AttemptOutcome::BadResponse,
                     AttemptErrorKind::TooLarge(limit),
@@ -365,15 +521,28 @@ impl Caller {
                 )
             })
         };
-        tokio::time::timeout(timeout, request)
+        let result = tokio::time::timeout(timeout, request)
             .await
             .unwrap_or_else(|_| {
                 Err(fail(
                     AttemptOutcome::Timeout,
                     AttemptErrorKind::Timeout(timeout),
                 ))
-            })
+            });
+        if result.is_ok() {
+            let now = Instant::now();
+            endpoint.record_success();
+            self.shared.metrics.attempt(AttemptOutcome::Ok);
+            self.shared.latency.record(now - started, now);
+        }
+        result
     }
+}
+
+/// `Retry-After` in seconds; an HTTP date counts as one second.
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let value = response.headers().get(RETRY_AFTER)?.to_str().ok()?;
+    Some(Duration::from_secs(value.trim().parse().unwrap_or(1)))
 }
 
 fn classify(err: &reqwest::Error) -> AttemptOutcome {

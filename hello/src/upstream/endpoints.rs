@@ -1,15 +1,19 @@
-//! The endpoint set: what `hello` currently knows about the `name` instances. Per endpoint:
-//! requests in flight, consecutive failures, ejection. The set takes each DNS answer as a full
+//! The endpoint set: what is known now about the upstream's instances. Per endpoint:
+//! requests in flight, consecutive failures, ejection, whether it has ever answered, and a
+//! cool-down after it said it is overloaded. The set takes each discovery answer as a full
 //! snapshot and keeps the state of the endpoints that stay; it does not look anything up
-//! (`refresh` does) and does not choose (`picker` does).
+//! (`refresh` does), does not probe (`probe` does) and does not choose (`picker` does).
 //!
-//! Ejection follows Envoy's outlier detection: `consecutive_5xx` (here any failed attempt:
-//! connect error, timeout, 5xx), `base_ejection_time` doubled on each further ejection up to
-//! a maximum, and `max_ejection_percent` so that a sick network cannot eject every endpoint.
+//! Ejection follows Envoy's outlier detection beside active health checking:
+//! `consecutive_5xx` (here any failed attempt that is the endpoint's fault), an ejection whose
+//! minimum length doubles on each further ejection, and `max_ejection_percent` so that a sick
+//! network in front of every endpoint cannot eject them all. An ejected endpoint comes back
+//! only when a health probe answers, never through a live request; an endpoint whose probe
+//! fails while others answer is dead, not an outlier, and is ejected whatever the cap.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -19,16 +23,18 @@ use tokio::time::Instant;
 
 use super::dns::LookupError;
 
-/// When endpoints are ejected, and for how long.
+/// When endpoints are ejected, and for how long at least.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EjectionPolicy {
     /// Consecutive failures that eject an endpoint.
     pub after_failures: u32,
-    /// Length of a first ejection; doubled for each further one.
+    /// Shortest first ejection; doubled for each further one. An ejected endpoint comes back
+    /// at the first successful probe after this.
     pub base_time: Duration,
-    /// Longest ejection.
+    /// Longest minimum ejection.
     pub max_time: Duration,
-    /// Most endpoints ejected at once, in percent of the set; at least one may always be.
+    /// Most endpoints ejected at once as outliers, in percent of the set; at least one may
+    /// always be. Endpoints whose probes fail while others answer do not count.
     pub max_percent: u32,
 }
 
@@ -44,7 +50,7 @@ impl Default for EjectionPolicy {
 }
 
 impl EjectionPolicy {
-    /// How long the `ejections`-th ejection (counting from 1) lasts.
+    /// How long the `ejections`-th ejection (counting from 1) lasts at least.
     pub fn duration(&self, ejections: u32) -> Duration {
         let doublings = ejections.saturating_sub(1).min(16);
         self.base_time
@@ -52,22 +58,46 @@ impl EjectionPolicy {
             .min(self.max_time)
     }
 
-    /// How many endpoints of a set of `size` may be ejected at once.
+    /// How many endpoints of a set of `size` may be ejected as outliers at once.
     pub fn max_ejected(&self, size: usize) -> usize {
         (size * self.max_percent as usize / 100).max(1)
     }
 }
 
-/// One `name` instance.
+/// Flags of [`Endpoint::flags`].
+const EJECTED: u8 = 1;
+/// The endpoint has answered, a live request or a probe.
+const PROVEN: u8 = 2;
+/// Failing, but the ejection cap kept it in: a probe will tell whether it is dead.
+const SUSPECT: u8 = 4;
+
+/// The picker's preference, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tier {
+    /// Has answered; not ejected, not cooling down.
+    Ready = 0,
+    /// Has never answered, or said it is overloaded a moment ago.
+    Doubtful = 1,
+    /// Ejected: tried only when nothing else is left.
+    Ejected = 2,
+}
+
+/// One instance of the upstream.
 #[derive(Debug)]
 pub struct Endpoint {
     addr: SocketAddr,
     /// `http://<addr>/`, built once.
     url: String,
+    /// The health probe's URL, built once.
+    probe_url: String,
     /// This endpoint's own connection pool, so that the endpoint's idle connections close when
     /// it leaves the set.
     pool: reqwest::Client,
     in_flight: AtomicUsize,
+    flags: AtomicU8,
+    /// End of a cool-down, in milliseconds since `epoch`; 0 when none.
+    cooling_until: AtomicU64,
+    epoch: Instant,
     health: Mutex<Health>,
 }
 
@@ -75,16 +105,25 @@ pub struct Endpoint {
 struct Health {
     consecutive_failures: u32,
     ejections: u32,
+    /// The earliest a probe may bring the endpoint back.
     ejected_until: Option<Instant>,
+    /// The last probe failed.
+    probe_failed: bool,
+    /// Ejected because its probe failed while others answered: dead, not an outlier.
+    dead: bool,
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr, pool: reqwest::Client) -> Self {
+    fn new(addr: SocketAddr, pool: reqwest::Client, probe_path: &str, epoch: Instant) -> Self {
         Self {
             addr,
             url: format!("http://{addr}/"),
+            probe_url: format!("http://{addr}{probe_path}"),
             pool,
             in_flight: AtomicUsize::new(0),
+            flags: AtomicU8::new(0),
+            cooling_until: AtomicU64::new(0),
+            epoch,
             health: Mutex::default(),
         }
     }
@@ -97,6 +136,11 @@ impl Endpoint {
     /// The URL of the instance's `GET /`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The URL of the instance's health probe.
+    pub fn probe_url(&self) -> &str {
+        &self.probe_url
     }
 
     /// The connection pool to call this endpoint with.
@@ -115,17 +159,63 @@ impl Endpoint {
         InFlight(self)
     }
 
-    /// True while ejected at `now`.
-    pub fn is_ejected(&self, now: Instant) -> bool {
-        self.health().ejected_until.is_some_and(|until| until > now)
+    /// How the picker should regard this endpoint at `now`. Lock-free.
+    pub fn tier(&self, now: Instant) -> Tier {
+        let flags = self.flags.load(Ordering::Relaxed);
+        if flags & EJECTED != 0 {
+            Tier::Ejected
+        } else if flags & PROVEN == 0
+            || self.cooling_until.load(Ordering::Relaxed) > self.millis(now)
+        {
+            Tier::Doubtful
+        } else {
+            Tier::Ready
+        }
     }
 
-    /// A success clears the failure streak and the ejection history.
+    /// True while ejected.
+    pub fn is_ejected(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & EJECTED != 0
+    }
+
+    /// True when a health probe should look at this endpoint: ejected, never answered, or
+    /// failing while the cap keeps it in.
+    pub fn needs_probe(&self) -> bool {
+        let flags = self.flags.load(Ordering::Relaxed);
+        flags & (EJECTED | SUSPECT) != 0 || flags & PROVEN == 0
+    }
+
+    /// A live answer: the failure streak ends, the endpoint is proven. An ejected endpoint
+    /// stays ejected until a probe answers.
     pub fn record_success(&self) {
-        let mut health = self.health();
-        health.consecutive_failures = 0;
-        health.ejections = 0;
-        health.ejected_until = None;
+        let flags = self.flags.load(Ordering::Relaxed);
+        if flags & PROVEN == 0 || flags & SUSPECT != 0 || self.health().consecutive_failures > 0 {
+            let mut health = self.health();
+            health.consecutive_failures = 0;
+            if flags & EJECTED == 0 {
+                health.ejections = 0;
+            }
+            self.flags.fetch_or(PROVEN, Ordering::Relaxed);
+            self.flags.fetch_and(!SUSPECT, Ordering::Relaxed);
+        }
+    }
+
+    /// The endpoint said it is overloaded: prefer others until `until`.
+    pub fn cool_down(&self, until: Instant) {
+        self.cooling_until
+            .store(self.millis(until).max(1), Ordering::Relaxed);
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn set(&self, flag: u8, on: bool) {
+        if on {
+            self.flags.fetch_or(flag, Ordering::Relaxed);
+        } else {
+            self.flags.fetch_and(!flag, Ordering::Relaxed);
+        }
     }
 
     fn health(&self) -> MutexGuard<'_, Health> {
@@ -145,6 +235,17 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// What a failed attempt did to the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Counted toward the streak.
+    Counted,
+    /// Ejected, for at least this long.
+    Ejected(Duration),
+    /// The streak is long enough, but the cap keeps the endpoint in: probe it.
+    Suspect,
 }
 
 /// How discovery stands, for readiness, error messages and `/debug/endpoints`.
@@ -231,6 +332,8 @@ pub fn diff(current: &[Arc<Endpoint>], next: &BTreeSet<SocketAddr>) -> Diff {
 pub struct EndpointSet {
     current: watch::Sender<Arc<Snapshot>>,
     policy: EjectionPolicy,
+    probe_path: String,
+    epoch: Instant,
     /// Held from counting the ejected endpoints to ejecting one, so that endpoints failing at
     /// the same moment cannot together exceed the cap. Taken on the failure path only.
     ejecting: Mutex<()>,
@@ -238,9 +341,11 @@ pub struct EndpointSet {
 }
 
 impl EndpointSet {
-    /// An empty set; `new_pool` makes each new endpoint's connection pool.
+    /// An empty set; `new_pool` makes each new endpoint's connection pool, `probe_path` is
+    /// the path health probes ask for.
     pub fn new(
         policy: EjectionPolicy,
+        probe_path: &str,
         new_pool: impl Fn() -> reqwest::Client + Send + Sync + 'static,
     ) -> Self {
         let empty = Snapshot {
@@ -250,18 +355,20 @@ impl EndpointSet {
         Self {
             current: watch::Sender::new(Arc::new(empty)),
             policy,
+            probe_path: probe_path.to_owned(),
+            epoch: Instant::now(),
             ejecting: Mutex::new(()),
             new_pool: Box::new(new_pool),
         }
     }
 
-    /// The current snapshot; cheap (one `Arc` clone), never waits on DNS.
+    /// The current snapshot; cheap (one `Arc` clone), never waits on discovery.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.borrow().clone()
     }
 
     /// Replaces the endpoints with `addrs`: endpoints that stay keep their state, new ones
-    /// start healthy, and those that left are dropped with their connections once the
+    /// start unproven, and those that left are dropped with their connections once the
     /// requests in flight to them finish. Called by the one writer, the refresher.
     pub fn apply(&self, addrs: &BTreeSet<SocketAddr>, discovery: Discovery) -> Diff {
         let current = self.snapshot();
@@ -272,11 +379,15 @@ impl EndpointSet {
             .map(|addr| {
                 match current
                     .endpoints
-                    .iter()
-                    .find(|endpoint| endpoint.addr == *addr)
+                    .binary_search_by_key(addr, |endpoint| endpoint.addr)
                 {
-                    Some(kept) => Arc::clone(kept),
-                    None => Arc::new(Endpoint::new(*addr, (self.new_pool)())),
+                    Ok(kept) => Arc::clone(&current.endpoints[kept]),
+                    Err(_) => Arc::new(Endpoint::new(
+                        *addr,
+                        (self.new_pool)(),
+                        &self.probe_path,
+                        self.epoch,
+                    )),
                 }
             })
             .collect();
@@ -302,33 +413,86 @@ impl EndpointSet {
         });
     }
 
-    /// Records a failed attempt on `endpoint`. Returns the ejection's length when this failure
-    /// ejected it.
-    pub fn record_failure(&self, endpoint: &Endpoint, now: Instant) -> Option<Duration> {
+    /// Records a failed attempt on `endpoint` that is the endpoint's fault.
+    pub fn record_failure(&self, endpoint: &Endpoint, now: Instant) -> Recorded {
         let _ejecting = self
             .ejecting
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let snapshot = self.snapshot();
-        // Counted before taking this endpoint's lock: `is_ejected` locks each endpoint in turn.
-        let ejected = snapshot
+        // Outliers only: dead endpoints do not use up the cap. Counted before taking this
+        // endpoint's lock, as each `health` locks an endpoint in turn.
+        let outliers = snapshot
             .endpoints
             .iter()
-            .filter(|other| !std::ptr::eq(other.as_ref(), endpoint) && other.is_ejected(now))
+            .filter(|other| {
+                !std::ptr::eq(other.as_ref(), endpoint)
+                    && other.is_ejected()
+                    && !other.health().dead
+            })
             .count();
         let mut health = endpoint.health();
         health.consecutive_failures = health.consecutive_failures.saturating_add(1);
-        let already_ejected = health.ejected_until.is_some_and(|until| until > now);
-        if already_ejected
-            || health.consecutive_failures < self.policy.after_failures
-            || ejected >= self.policy.max_ejected(snapshot.endpoints.len())
-        {
-            return None;
+        if endpoint.is_ejected() || health.consecutive_failures < self.policy.after_failures {
+            return Recorded::Counted;
         }
+        if outliers >= self.policy.max_ejected(snapshot.endpoints.len()) {
+            endpoint.set(SUSPECT, true);
+            return Recorded::Suspect;
+        }
+        Recorded::Ejected(self.eject(endpoint, &mut health, now, false))
+    }
+
+    fn eject(
+        &self,
+        endpoint: &Endpoint,
+        health: &mut Health,
+        now: Instant,
+        dead: bool,
+    ) -> Duration {
         health.ejections = health.ejections.saturating_add(1);
         let duration = self.policy.duration(health.ejections);
         health.ejected_until = Some(now + duration);
-        Some(duration)
+        health.dead = dead;
+        endpoint.set(EJECTED, true);
+        endpoint.set(SUSPECT, false);
+        duration
+    }
+
+    /// Records a health probe's result. `others_answer` says whether other endpoints answer
+    /// (their probes or live requests): then a failed probe means this one is dead and it is
+    /// ejected whatever the cap; when nothing answers, the network may be what is sick, and
+    /// the cap holds. Returns what changed, for the log.
+    pub fn probed(
+        &self,
+        endpoint: &Endpoint,
+        answered: bool,
+        others_answer: bool,
+        now: Instant,
+    ) -> Probed {
+        let mut health = endpoint.health();
+        if answered {
+            health.probe_failed = false;
+            health.dead = false;
+            health.consecutive_failures = 0;
+            endpoint.set(PROVEN, true);
+            endpoint.set(SUSPECT, false);
+            if endpoint.is_ejected() && health.ejected_until.is_none_or(|until| now >= until) {
+                endpoint.set(EJECTED, false);
+                return Probed::Readmitted;
+            }
+            return Probed::Unchanged;
+        }
+        health.probe_failed = true;
+        if endpoint.is_ejected() {
+            health.dead = others_answer;
+            return Probed::Unchanged;
+        }
+        if others_answer {
+            let duration = self.eject(endpoint, &mut health, now, true);
+            return Probed::Ejected(duration);
+        }
+        Probed::Unchanged
     }
 
     /// Every endpoint's state, for `/debug/endpoints` and the metrics.
@@ -340,13 +504,13 @@ impl EndpointSet {
             .iter()
             .map(|endpoint| {
                 let health = *endpoint.health();
-                let ejected_for = health
-                    .ejected_until
-                    .and_then(|until| until.checked_duration_since(now));
-                let state = match (ejected_for, stale) {
-                    (Some(_), _) => EndpointState::Ejected,
-                    (None, true) => EndpointState::Stale,
-                    (None, false) => EndpointState::Healthy,
+                let flags = endpoint.flags.load(Ordering::Relaxed);
+                let state = match (endpoint.tier(now), stale) {
+                    (Tier::Ejected, _) => EndpointState::Ejected,
+                    (_, true) => EndpointState::Stale,
+                    (Tier::Doubtful, false) if flags & PROVEN == 0 => EndpointState::Unproven,
+                    (Tier::Doubtful, false) => EndpointState::Cooling,
+                    (Tier::Ready, false) => EndpointState::Healthy,
                 };
                 EndpointReport {
                     address: endpoint.addr,
@@ -354,11 +518,26 @@ impl EndpointSet {
                     in_flight: endpoint.in_flight(),
                     consecutive_failures: health.consecutive_failures,
                     ejections: health.ejections,
-                    ejected_for_ms: ejected_for.map(|left| left.as_millis()),
+                    probe_failed: health.probe_failed,
+                    ejected_for_ms: health
+                        .ejected_until
+                        .filter(|_| flags & EJECTED != 0)
+                        .map(|until| until.saturating_duration_since(now).as_millis()),
                 }
             })
             .collect()
     }
+}
+
+/// What a probe's result changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probed {
+    /// Nothing worth a log line.
+    Unchanged,
+    /// An ejected endpoint came back.
+    Readmitted,
+    /// A dead endpoint was ejected, for at least this long.
+    Ejected(Duration),
 }
 
 /// An endpoint's state as reported.
@@ -367,10 +546,27 @@ impl EndpointSet {
 pub enum EndpointState {
     /// Takes traffic.
     Healthy,
-    /// Takes no traffic until its ejection ends.
+    /// Has never answered: takes traffic only when no healthy endpoint is left, until a probe
+    /// or a request proves it.
+    Unproven,
+    /// Said it is overloaded: takes traffic only when no healthy endpoint is left, for a
+    /// moment.
+    Cooling,
+    /// Takes no traffic until a probe answers (unless nothing else is left).
     Ejected,
-    /// Takes traffic, but comes from the last good answer while DNS fails.
+    /// Takes traffic, but comes from the last good answer while discovery fails.
     Stale,
+}
+
+impl EndpointState {
+    /// Every state, for the metrics.
+    pub const ALL: [Self; 5] = [
+        Self::Healthy,
+        Self::Unproven,
+        Self::Cooling,
+        Self::Ejected,
+        Self::Stale,
+    ];
 }
 
 /// One endpoint as `/debug/endpoints` shows it.
@@ -378,7 +574,7 @@ pub enum EndpointState {
 pub struct EndpointReport {
     /// Address and port.
     pub address: SocketAddr,
-    /// Healthy, ejected or stale.
+    /// Its state.
     pub state: EndpointState,
     /// Requests now in flight to it.
     pub in_flight: usize,
@@ -386,7 +582,9 @@ pub struct EndpointReport {
     pub consecutive_failures: u32,
     /// Ejections since its last success.
     pub ejections: u32,
-    /// Time left in the current ejection.
+    /// Its last health probe failed.
+    pub probe_failed: bool,
+    /// Time left before a probe may bring it back, while ejected.
     pub ejected_for_ms: Option<u128>,
 }
 
@@ -411,9 +609,17 @@ mod tests {
     }
 
     fn set_of(last_octets: &[u8]) -> EndpointSet {
-        let set = EndpointSet::new(policy(), reqwest::Client::new);
+        let set = EndpointSet::new(policy(), "/healthz", reqwest::Client::new);
         set.apply(&addrs(last_octets), Discovery::Resolved);
         set
+    }
+
+    fn fail(set: &EndpointSet, endpoint: &Endpoint, times: usize) -> Recorded {
+        let now = Instant::now();
+        (0..times)
+            .map(|_| set.record_failure(endpoint, now))
+            .last()
+            .unwrap_or(Recorded::Counted)
     }
 
     #[test]
@@ -448,25 +654,50 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn consecutive_failures_eject_for_a_time_that_doubles() {
+    async fn new_endpoints_are_unproven_until_they_answer() {
+        let set = set_of(&[1]);
+        let endpoint = Arc::clone(&set.snapshot().endpoints[0]);
+        assert_eq!(endpoint.tier(Instant::now()), Tier::Doubtful);
+        assert!(endpoint.needs_probe());
+        endpoint.record_success();
+        assert_eq!(endpoint.tier(Instant::now()), Tier::Ready);
+        assert!(!endpoint.needs_probe());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_failures_eject_until_a_probe_answers() {
         let set = set_of(&[1, 2, 3, 4]);
         let endpoint = Arc::clone(&set.snapshot().endpoints[0]);
-        let now = Instant::now();
-        assert_eq!(set.record_failure(&endpoint, now), None);
-        assert_eq!(set.record_failure(&endpoint, now), None);
+        assert_eq!(fail(&set, &endpoint, 2), Recorded::Counted);
         assert_eq!(
-            set.record_failure(&endpoint, now),
-            Some(Duration::from_secs(2))
+            fail(&set, &endpoint, 1),
+            Recorded::Ejected(Duration::from_secs(2))
         );
-        assert!(endpoint.is_ejected(now));
+        assert_eq!(endpoint.tier(Instant::now()), Tier::Ejected);
 
-        tokio::time::advance(Duration::from_secs(2)).await;
+        // A live success does not bring it back; nor does a probe before the minimum time.
+        endpoint.record_success();
+        assert!(endpoint.is_ejected());
         let now = Instant::now();
-        assert!(!endpoint.is_ejected(now));
-        // Still failing when the ejection ends: ejected again at once, for twice as long.
+        assert_eq!(set.probed(&endpoint, true, true, now), Probed::Unchanged);
+        tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(
-            set.record_failure(&endpoint, now),
-            Some(Duration::from_secs(4))
+            set.probed(&endpoint, true, true, Instant::now()),
+            Probed::Readmitted
+        );
+        assert_eq!(endpoint.tier(Instant::now()), Tier::Ready);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_further_ejection_lasts_twice_as_long() {
+        let set = set_of(&[1, 2, 3, 4]);
+        let endpoint = Arc::clone(&set.snapshot().endpoints[0]);
+        fail(&set, &endpoint, 3);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        set.probed(&endpoint, true, true, Instant::now());
+        assert_eq!(
+            fail(&set, &endpoint, 3),
+            Recorded::Ejected(Duration::from_secs(4))
         );
     }
 
@@ -474,27 +705,66 @@ mod tests {
     async fn a_success_ends_the_streak() {
         let set = set_of(&[1, 2]);
         let endpoint = Arc::clone(&set.snapshot().endpoints[0]);
-        let now = Instant::now();
-        set.record_failure(&endpoint, now);
-        set.record_failure(&endpoint, now);
+        fail(&set, &endpoint, 2);
         endpoint.record_success();
-        assert_eq!(set.record_failure(&endpoint, now), None);
+        assert_eq!(fail(&set, &endpoint, 1), Recorded::Counted);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn ejection_is_capped_by_share_of_the_set() {
+    async fn outlier_ejection_is_capped_by_share_of_the_set() {
         let set = set_of(&[1, 2, 3, 4]);
-        let now = Instant::now();
         let endpoints = set.snapshot().endpoints.clone();
-        let mut ejected = 0;
-        for endpoint in &endpoints {
-            for _ in 0..3 {
-                if set.record_failure(endpoint, now).is_some() {
-                    ejected += 1;
-                }
-            }
+        let results: Vec<Recorded> = endpoints.iter().map(|e| fail(&set, e, 3)).collect();
+        let ejected = results
+            .iter()
+            .filter(|r| matches!(r, Recorded::Ejected(_)))
+            .count();
+        assert_eq!(ejected, 2, "50% of 4: {results:?}");
+        assert_eq!(results[3], Recorded::Suspect);
+        assert!(endpoints[3].needs_probe());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_ejects_whatever_the_cap_when_others_answer() {
+        let set = set_of(&[1, 2, 3, 4]);
+        let endpoints = set.snapshot().endpoints.clone();
+        for endpoint in &endpoints[..3] {
+            fail(&set, endpoint, 3);
         }
-        assert_eq!(ejected, 2, "50% of 4");
+        assert!(!endpoints[2].is_ejected(), "capped at 2 of 4");
+
+        let now = Instant::now();
+        assert!(matches!(
+            set.probed(&endpoints[2], false, true, now),
+            Probed::Ejected(_)
+        ));
+        // Marked dead, the ejected endpoints no longer use up the cap.
+        set.probed(&endpoints[0], false, true, now);
+        set.probed(&endpoints[1], false, true, now);
+        assert!(matches!(fail(&set, &endpoints[3], 3), Recorded::Ejected(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_no_probe_answers_the_cap_holds() {
+        let set = set_of(&[1, 2]);
+        let endpoints = set.snapshot().endpoints.clone();
+        let now = Instant::now();
+        for endpoint in &endpoints {
+            set.probed(endpoint, false, false, now);
+        }
+        assert!(endpoints.iter().all(|endpoint| !endpoint.is_ejected()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overloaded_endpoint_cools_down_without_ejection() {
+        let set = set_of(&[1]);
+        let endpoint = Arc::clone(&set.snapshot().endpoints[0]);
+        endpoint.record_success();
+        endpoint.cool_down(Instant::now() + Duration::from_secs(1));
+        assert_eq!(endpoint.tier(Instant::now()), Tier::Doubtful);
+        assert_eq!(set.report(Instant::now())[0].state, EndpointState::Cooling);
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert_eq!(endpoint.tier(Instant::now()), Tier::Ready);
     }
 
     #[test]

@@ -31,20 +31,27 @@ pub(crate) enum AttemptOutcome {
     Timeout,
     /// The instance answered with a 5xx status.
     ServerError,
-    /// The instance answered with a 4xx status.
+    /// The instance answered with a 4xx status other than 429.
     ClientError,
-    /// Anything else: another status, an answer that does not decode, a broken connection.
+    /// The instance said it is overloaded: 429, or 503 with `Retry-After`.
+    Overloaded,
+    /// Anything else: another status, an answer too large or that does not decode, a broken
+    /// connection.
     BadResponse,
+    /// A hedge answered first, and this attempt was abandoned.
+    LostToHedge,
 }
 
 impl AttemptOutcome {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 8] = [
         Self::Ok,
         Self::ConnectError,
         Self::Timeout,
         Self::ServerError,
         Self::ClientError,
+        Self::Overloaded,
         Self::BadResponse,
+        Self::LostToHedge,
     ];
 }
 
@@ -82,10 +89,18 @@ label_values! {
         Timeout => "timeout",
         ServerError => "server_error",
         ClientError => "client_error",
+        Overloaded => "overloaded",
         BadResponse => "bad_response",
+        LostToHedge => "lost_to_hedge",
     }
     DnsResult { Ok => "ok", Negative => "negative", Failed => "failed" }
-    EndpointState { Healthy => "healthy", Ejected => "ejected", Stale => "stale" }
+    EndpointState {
+        Healthy => "healthy",
+        Unproven => "unproven",
+        Cooling => "cooling",
+        Ejected => "ejected",
+        Stale => "stale",
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -96,6 +111,11 @@ struct AttemptLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DnsLabels {
     result: DnsResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ProbeLabels {
+    result: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -111,6 +131,10 @@ pub(crate) struct Metrics {
     retries_refused: Counter,
     ejections: Counter,
     dns_refreshes: [Counter; DnsResult::ALL.len()],
+    probes: [Counter; 2],
+    hedges: Counter,
+    hedges_won: Counter,
+    answers_too_large: Counter,
 }
 
 impl Metrics {
@@ -119,6 +143,7 @@ impl Metrics {
     pub(crate) fn register(registry: &mut Registry, endpoints: Arc<EndpointSet>) -> Self {
         let attempts = Family::<AttemptLabels, Counter>::default();
         let dns_refreshes = Family::<DnsLabels, Counter>::default();
+        let probes = Family::<ProbeLabels, Counter>::default();
         let metrics = Self {
             attempts: AttemptOutcome::ALL
                 .map(|outcome| attempts.get_or_create(&AttemptLabels { outcome }).clone()),
@@ -127,6 +152,11 @@ impl Metrics {
             ejections: Counter::default(),
             dns_refreshes: DnsResult::ALL
                 .map(|result| dns_refreshes.get_or_create(&DnsLabels { result }).clone()),
+            probes: ["failed", "ok"]
+                .map(|result| probes.get_or_create(&ProbeLabels { result }).clone()),
+            hedges: Counter::default(),
+            hedges_won: Counter::default(),
+            answers_too_large: Counter::default(),
         };
         registry.register(
             "upstream_attempts",
@@ -153,6 +183,26 @@ impl Metrics {
             "DNS lookups of the name service, by result",
             dns_refreshes,
         );
+        registry.register(
+            "upstream_probes",
+            "Health probes of endpoints that are new, ejected or failing, by result",
+            probes,
+        );
+        registry.register(
+            "upstream_hedges",
+            "Second attempts sent because the first was slow",
+            metrics.hedges.clone(),
+        );
+        registry.register(
+            "upstream_hedges_won",
+            "Hedges that answered before the attempt they raced",
+            metrics.hedges_won.clone(),
+        );
+        registry.register(
+            "upstream_answers_too_large",
+            "Answers refused for exceeding the byte limit",
+            metrics.answers_too_large.clone(),
+        );
         registry.register_collector(Box::new(EndpointGauges(endpoints)));
         metrics
     }
@@ -175,6 +225,26 @@ impl Metrics {
     /// Counts an ejection.
     pub(crate) fn ejection(&self) {
         self.ejections.inc();
+    }
+
+    /// Counts a health probe.
+    pub(crate) fn probe(&self, answered: bool) {
+        self.probes[usize::from(answered)].inc();
+    }
+
+    /// Counts a hedge sent.
+    pub(crate) fn hedge(&self) {
+        self.hedges.inc();
+    }
+
+    /// Counts a hedge that answered first.
+    pub(crate) fn hedge_won(&self) {
+        self.hedges_won.inc();
+    }
+
+    /// Counts an answer refused for its size.
+    pub(crate) fn answer_too_large(&self) {
+        self.answers_too_large.inc();
     }
 
     /// Counts a DNS refresh.
@@ -202,11 +272,7 @@ impl Collector for EndpointGauges {
             None,
             gauge.metric_type(),
         )?;
-        for state in [
-            EndpointState::Healthy,
-            EndpointState::Ejected,
-            EndpointState::Stale,
-        ] {
+        for state in EndpointState::ALL {
             let count = report
                 .iter()
                 .filter(|endpoint| endpoint.state == state)

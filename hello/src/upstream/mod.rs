@@ -33,16 +33,19 @@
 //! `dns` looks a name up into a full snapshot; `refresh` asks on the TTL's schedule, clamped,
 //! and keeps the last good answer when DNS fails; `endpoints` holds the set and each
 //! endpoint's load and health (outlier ejection); `picker` chooses by power of two choices;
-//! `retry` is the retry policy and budget; `call` makes the attempts; `metrics` registers the
-//! counters. The refresh requested when every attempt of a call fails lives on the shared
+//! `probe` checks new, ejected and failing endpoints off the request path; `retry` is the retry
+//! policy and budget; `hedge` tracks latency and says when to race a slow attempt; `call`
+//! makes the attempts; `metrics` registers the counters. The refresh requested when every attempt of a call fails lives on the shared
 //! state, next to the set it refreshes.
 
 mod call;
 mod dns;
 mod endpoints;
+mod hedge;
 mod metrics;
 mod options;
 mod picker;
+mod probe;
 mod refresh;
 mod retry;
 
@@ -52,21 +55,24 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
+use reqwest::header::HeaderValue;
 use serde::Serialize;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use call::{CallError, Reply};
 pub use options::{
-    EjectionPolicy, Options, RecordKind, RetryPolicy, Target, TargetHost, TtlBounds,
+    EjectionPolicy, HedgePolicy, Options, ProbePolicy, RecordKind, RetryPolicy, Target, TargetHost,
+    TtlBounds,
 };
 
 use call::{Caller, DecodeError};
 use dns::Dns;
 use endpoints::{Discovery, EndpointReport, EndpointSet};
+use hedge::Latency;
 use metrics::Metrics;
+use probe::Prober;
 use refresh::Refresher;
 
 /// A handle on one upstream service: cheap to clone, shared by every request.
@@ -77,18 +83,21 @@ pub struct Upstream {
 
 struct Inner {
     caller: Caller,
-    /// The background refresher, when there is one; taken by whoever waits for it.
-    refresher: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The background tasks: the prober, and the refresher when there is one; taken by
+    /// whoever waits for them.
+    tasks: tokio::sync::Mutex<Option<tokio::task::JoinSet<()>>>,
     stop: CancellationToken,
     /// Stops the refresher when the last handle drops.
     _stop_on_drop: DropGuard,
 }
 
-/// What the request path and the refresher share: the endpoint set, the request for an early
-/// refresh, and the counters.
+/// What the request path and the background tasks share: the endpoint set, the requests for
+/// an early refresh or probe, recent latency, and the counters.
 pub(crate) struct Shared {
     endpoints: Arc<EndpointSet>,
     refresh: Notify,
+    probe: Notify,
+    latency: Latency,
     metrics: Metrics,
 }
 
@@ -96,16 +105,22 @@ impl Shared {
     fn new(options: &Options, registry: &mut Registry) -> anyhow::Result<Arc<Self>> {
         let pool = pool_builder(options);
         pool().context("cannot build the HTTP client")?;
-        let endpoints = Arc::new(EndpointSet::new(options.ejection, move || {
-            // The same settings built a client above, and building one depends on nothing
-            // else (no TLS backend, no system configuration), so this cannot fail.
-            #[allow(clippy::expect_used)]
-            pool().expect("the HTTP client was built at start-up")
-        }));
+        let endpoints = Arc::new(EndpointSet::new(
+            options.ejection,
+            &options.probe.path,
+            move || {
+                // The same settings built a client above, and building one depends on nothing
+                // else (no TLS backend, no system configuration), so this cannot fail.
+                #[allow(clippy::expect_used)]
+                pool().expect("the HTTP client was built at start-up")
+            },
+        ));
         let metrics = Metrics::register(registry, Arc::clone(&endpoints));
         Ok(Arc::new(Self {
             endpoints,
             refresh: Notify::new(),
+            probe: Notify::new(),
+            latency: Latency::new(options.hedge),
             metrics,
         }))
     }
@@ -118,6 +133,16 @@ impl Shared {
     /// Completes when a refresh was requested.
     async fn refresh_requested(&self) {
         self.refresh.notified().await;
+    }
+
+    /// Asks the prober to look at the endpoints that need it now, not at its next round.
+    fn request_probe(&self) {
+        self.probe.notify_one();
+    }
+
+    /// Completes when a probe was requested.
+    async fn probe_requested(&self) {
+        self.probe.notified().await;
     }
 
     #[cfg(test)]
@@ -163,12 +188,24 @@ impl Upstream {
         registry: &mut Registry,
     ) -> anyhow::Result<Self> {
         let shared = Shared::new(&options, registry)?;
+        let via = options
+            .via
+            .as_deref()
+            .map(HeaderValue::from_str)
+            .transpose()
+            .context("the Via value is not a valid header value")?;
         let stop = CancellationToken::new();
-        let refresher = match &target.host {
+        let mut tasks = tokio::task::JoinSet::new();
+        let prober = Prober {
+            shared: Arc::clone(&shared),
+            policy: options.probe.clone(),
+        };
+        tasks.spawn(prober.run(stop.clone()));
+        match &target.host {
             TargetHost::Ip(ip) => {
                 let fixed = BTreeSet::from([SocketAddr::new(*ip, target.port)]);
                 shared.endpoints.apply(&fixed, Discovery::Fixed);
-                None
+                shared.request_probe();
             }
             TargetHost::Dns(name) => {
                 let dns = Dns::new(
@@ -183,20 +220,21 @@ impl Upstream {
                     shared: Arc::clone(&shared),
                     bounds: options.ttl,
                 };
-                Some(tokio::spawn(refresher.run(stop.clone())))
+                tasks.spawn(refresher.run(stop.clone()));
             }
-        };
+        }
         let caller = Caller {
             name: target.display_host(),
             shared,
             policy: options.retry,
             budget: options.retry.budget(),
             max_answer_bytes: options.max_answer_bytes,
+            via,
         };
         Ok(Self {
             inner: Arc::new(Inner {
                 caller,
-                refresher: tokio::sync::Mutex::new(refresher),
+                tasks: tokio::sync::Mutex::new(Some(tasks)),
                 _stop_on_drop: stop.clone().drop_guard(),
                 stop,
             }),
@@ -242,25 +280,30 @@ impl Upstream {
         }
     }
 
-    /// Completes if discovery stops on its own (it only stops when told to): a service should
-    /// then exit rather than serve a frozen set. Never completes for a fixed address.
+    /// Completes if a background task (discovery, probing) stops on its own; they only stop
+    /// when told to, so a service should then exit rather than serve a frozen set.
     pub async fn failed(&self) -> anyhow::Error {
-        let mut refresher = self.inner.refresher.lock().await;
-        match refresher.as_mut() {
-            Some(task) => {
-                let ended = task.await;
-                refresher.take();
-                anyhow::anyhow!("discovery stopped: {ended:?}")
+        let mut tasks = self.inner.tasks.lock().await;
+        let ended = match tasks.as_mut() {
+            Some(running) => running.join_next().await,
+            None => None,
+        };
+        match ended {
+            Some(ended) => {
+                tasks.take();
+                anyhow::anyhow!("a background task of the upstream stopped: {ended:?}")
             }
             None => std::future::pending().await,
         }
     }
 
-    /// Stops discovery and waits for it to end.
+    /// Stops discovery and probing and waits for them to end.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.inner.stop.cancel();
-        if let Some(task) = self.inner.refresher.lock().await.take() {
-            task.await.context("discovery failed")?;
+        if let Some(mut tasks) = self.inner.tasks.lock().await.take() {
+            while let Some(ended) = tasks.join_next().await {
+                ended.context("a background task of the upstream failed")?;
+            }
         }
         Ok(())
     }

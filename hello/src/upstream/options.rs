@@ -11,6 +11,8 @@ use std::time::Duration;
 use url::Url;
 
 pub use super::endpoints::EjectionPolicy;
+pub use super::hedge::HedgePolicy;
+pub use super::probe::ProbePolicy;
 pub use super::refresh::TtlBounds;
 pub use super::retry::RetryPolicy;
 
@@ -144,8 +146,15 @@ pub struct Options {
     pub max_answer_bytes: usize,
     /// Attempts, timeouts, which failures are retried, and the retry budget.
     pub retry: RetryPolicy,
-    /// When failing endpoints are ejected, and for how long.
+    /// When failing endpoints are ejected, and for how long at least.
     pub ejection: EjectionPolicy,
+    /// How endpoints that are new, ejected or failing are probed.
+    pub probe: ProbePolicy,
+    /// When a second attempt races a slow first one.
+    pub hedge: HedgePolicy,
+    /// A `Via` entry (RFC 9110 section 7.6.3) to send with each call, such as `1.1 hello`, so
+    /// that a service reached back through its own upstream can tell and refuse the loop.
+    pub via: Option<String>,
 }
 
 impl Default for Options {
@@ -163,6 +172,9 @@ impl Default for Options {
             max_answer_bytes: 4096,
             retry: RetryPolicy::default(),
             ejection: EjectionPolicy::default(),
+            probe: ProbePolicy::default(),
+            hedge: HedgePolicy::default(),
+            via: None,
         }
     }
 }
@@ -182,6 +194,8 @@ impl Options {
             ("connect_timeout", self.connect_timeout),
             ("retry.attempt_timeout", self.retry.attempt_timeout),
             ("retry.request_timeout", self.retry.request_timeout),
+            ("probe.interval", self.probe.interval),
+            ("probe.timeout", self.probe.timeout),
         ] {
             if duration.is_zero() {
                 return Err(format!("{} must be above zero", name(field)));
@@ -194,6 +208,12 @@ impl Options {
                 self.retry.attempt_timeout,
                 "retry.request_timeout",
                 self.retry.request_timeout,
+            ),
+            (
+                "hedge.min_delay",
+                self.hedge.min_delay,
+                "hedge.max_delay",
+                self.hedge.max_delay,
             ),
             (
                 "ejection.base_time",

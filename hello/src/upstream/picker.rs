@@ -1,8 +1,9 @@
 //! Choosing an endpoint: power of two choices on requests in flight. Two endpoints are drawn
 //! at random and the less loaded one wins; ties go to the first drawn, so equal load means a
-//! uniform random choice. Ejected endpoints and those already tried for this request are
-//! passed over; when that leaves none, ejected ones are tried rather than none (Cloud Map
-//! fails open the same way).
+//! uniform random choice. Candidates come from the best tier that has any untried endpoint:
+//! ready ones first, then doubtful ones (never answered, or cooling down after saying they
+//! are overloaded), then ejected ones, so that with nothing better left a call still tries
+//! something rather than nothing (Cloud Map fails open the same way).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use tokio::time::Instant;
 use super::endpoints::Endpoint;
 
 /// Picks an endpoint for the next attempt, or `None` when every endpoint has been tried.
-/// Allocates nothing: the candidates are a filter over the snapshot, at most a few endpoints.
+/// Allocates nothing: the candidates are a filter over the snapshot.
 pub fn pick<'a, R: Rng + ?Sized>(
     endpoints: &'a [Arc<Endpoint>],
     tried: &[SocketAddr],
@@ -21,9 +22,14 @@ pub fn pick<'a, R: Rng + ?Sized>(
     rng: &mut R,
 ) -> Option<&'a Arc<Endpoint>> {
     let untried = |endpoint: &&Arc<Endpoint>| !tried.contains(&endpoint.addr());
-    let healthy = |endpoint: &&Arc<Endpoint>| untried(endpoint) && !endpoint.is_ejected(now);
-    power_of_two(endpoints.iter().filter(healthy), rng)
-        .or_else(|| power_of_two(endpoints.iter().filter(untried), rng))
+    // The best tier among the untried endpoints, in one pass.
+    let best = endpoints
+        .iter()
+        .filter(untried)
+        .map(|endpoint| endpoint.tier(now))
+        .min()?;
+    let in_tier = |endpoint: &&Arc<Endpoint>| untried(endpoint) && endpoint.tier(now) == best;
+    power_of_two(endpoints.iter().filter(in_tier), rng)
 }
 
 /// Draws two distinct candidates uniformly and returns the one with fewer requests in flight.
@@ -56,7 +62,7 @@ mod tests {
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
-    use crate::upstream::endpoints::{Discovery, EjectionPolicy, EndpointSet};
+    use crate::upstream::endpoints::{Discovery, EjectionPolicy, EndpointSet, Recorded};
 
     fn set_of(n: u8) -> EndpointSet {
         let policy = EjectionPolicy {
@@ -65,11 +71,14 @@ mod tests {
             max_time: Duration::from_secs(10),
             max_percent: 100,
         };
-        let set = EndpointSet::new(policy, reqwest::Client::new);
+        let set = EndpointSet::new(policy, "/healthz", reqwest::Client::new);
         let addrs: BTreeSet<SocketAddr> = (1..=n)
             .map(|i| SocketAddr::from(([10, 0, 0, i], 3000)))
             .collect();
         set.apply(&addrs, Discovery::Resolved);
+        for endpoint in &set.snapshot().endpoints {
+            endpoint.record_success();
+        }
         set
     }
 
@@ -135,12 +144,36 @@ mod tests {
         let set = set_of(2);
         let endpoints = set.snapshot().endpoints.clone();
         let now = Instant::now();
-        assert!(set.record_failure(&endpoints[0], now).is_some());
+        assert!(matches!(
+            set.record_failure(&endpoints[0], now),
+            Recorded::Ejected(_)
+        ));
         let counts = tally(&endpoints, &[], 50);
         assert_eq!(counts.get(&endpoints[0].addr()), None);
 
-        assert!(set.record_failure(&endpoints[1], now).is_some());
+        assert!(matches!(
+            set.record_failure(&endpoints[1], now),
+            Recorded::Ejected(_)
+        ));
         let counts = tally(&endpoints, &[], 50);
         assert_eq!(counts.len(), 2, "all ejected: fail open");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn proven_endpoints_are_preferred_to_unproven_and_cooling_ones() {
+        let set = set_of(3);
+        set.apply(
+            &(1..=4)
+                .map(|i| SocketAddr::from(([10, 0, 0, i], 3000)))
+                .collect(),
+            Discovery::Resolved,
+        );
+        let endpoints = set.snapshot().endpoints.clone();
+        endpoints[0].cool_down(Instant::now() + Duration::from_secs(5));
+        let counts = tally(&endpoints, &[], 100);
+        // 10.0.0.4 is new (unproven) and 10.0.0.1 is cooling: neither is chosen.
+        assert_eq!(counts.len(), 2, "{counts:?}");
+        assert_eq!(counts.get(&endpoints[3].addr()), None);
+        assert_eq!(counts.get(&endpoints[0].addr()), None);
     }
 }

@@ -126,6 +126,10 @@ impl<L: Lookup> Refresher<L> {
 
     fn apply(&self, addrs: &BTreeSet<SocketAddr>, discovery: Discovery) {
         let changes = self.shared.endpoints.apply(addrs, discovery);
+        if !changes.added.is_empty() {
+            // New endpoints have never answered: probe them before they are relied on.
+            self.shared.request_probe();
+        }
         if !changes.is_empty() {
             tracing::info!(
                 name = self.lookup.name(),

@@ -1,6 +1,6 @@
 //! The retry policy, all of it in one place: how many attempts, each attempt's timeout inside
-//! the request's deadline, which failed attempts are retried and which count against the
-//! endpoint, and the retry budget that keeps a failing upstream from receiving a multiple of
+//! the request's deadline, which failed attempts are retried, which count against the
+//! endpoint and which cool it down, and the retry budget (hedges draw from it too) that keeps a failing upstream from receiving a multiple of
 //! the load.
 //!
 //! The budget is tower's `TpsBudget` (Finagle's `RetryBudget`; linkerd's retry budgets): over
@@ -48,6 +48,12 @@ impl Default for RetryPolicy {
     }
 }
 
+/// The longest an overloaded endpoint is left alone, whatever its `Retry-After` says.
+const MAX_COOL_DOWN: Duration = Duration::from_secs(10);
+
+/// How long an overloaded endpoint is left alone when it does not say.
+const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(1);
+
 /// What a failed attempt means for the call and for the endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Verdict {
@@ -55,6 +61,8 @@ pub(crate) struct Verdict {
     pub retry: bool,
     /// The failure says something about this endpoint: count it toward ejection.
     pub blame: bool,
+    /// The endpoint is overloaded: prefer others for this long, without ejecting it.
+    pub cool_down: Option<Duration>,
 }
 
 impl RetryPolicy {
@@ -80,27 +88,36 @@ impl RetryPolicy {
         self.attempt_timeout.min(left)
     }
 
-    /// What an attempt that ended in `outcome` under `timeout` means. A 4xx is the instance
-    /// refusing the call itself: no other instance would answer differently, so it is neither
-    /// retried nor held against the endpoint. A timeout cut short by the call's own deadline
-    /// says nothing about the endpoint.
-    pub(crate) fn verdict(&self, outcome: AttemptOutcome, timeout: Duration) -> Verdict {
-        match outcome {
-            AttemptOutcome::Ok | AttemptOutcome::ClientError => Verdict {
-                retry: false,
-                blame: false,
-            },
-            AttemptOutcome::Timeout if timeout < self.attempt_timeout => Verdict {
-                retry: true,
-                blame: false,
-            },
+    /// What an attempt that ended in `outcome` under `timeout` means. The call to the
+    /// upstream carries no input of the caller's, so every failure says something about the
+    /// instance and another may do better: a 404-class answer comes from an instance serving
+    /// something else (a task's reused address), and counts against it; 429, or 503 with
+    /// `Retry-After`, is an instance shedding load: left alone for a moment, not ejected. A
+    /// timeout cut short by the call's own deadline says nothing about the endpoint.
+    pub(crate) fn verdict(
+        &self,
+        outcome: AttemptOutcome,
+        timeout: Duration,
+        retry_after: Option<Duration>,
+    ) -> Verdict {
+        let (retry, blame, cool_down) = match outcome {
+            AttemptOutcome::Ok => (false, false, None),
+            AttemptOutcome::Overloaded => {
+                let cool_down = retry_after.unwrap_or(DEFAULT_COOL_DOWN).min(MAX_COOL_DOWN);
+                (true, false, Some(cool_down))
+            }
+            AttemptOutcome::Timeout if timeout < self.attempt_timeout => (true, false, None),
             AttemptOutcome::ConnectError
             | AttemptOutcome::Timeout
             | AttemptOutcome::ServerError
-            | AttemptOutcome::BadResponse => Verdict {
-                retry: true,
-                blame: true,
-            },
+            | AttemptOutcome::ClientError
+            | AttemptOutcome::BadResponse
+            | AttemptOutcome::LostToHedge => (true, true, None),
+        };
+        Verdict {
+            retry,
+            blame,
+            cool_down,
         }
     }
 
@@ -176,23 +193,38 @@ mod tests {
     }
 
     #[test]
-    fn a_client_error_is_neither_retried_nor_blamed() {
-        let verdict = RetryPolicy::default().verdict(AttemptOutcome::ClientError, Duration::MAX);
-        assert_eq!(
-            verdict,
-            Verdict {
-                retry: false,
-                blame: false
-            }
+    fn a_client_error_is_retried_and_blamed() {
+        let verdict =
+            RetryPolicy::default().verdict(AttemptOutcome::ClientError, Duration::MAX, None);
+        assert!(verdict.retry && verdict.blame && verdict.cool_down.is_none());
+    }
+
+    #[test]
+    fn overload_is_retried_and_cooled_down_without_blame() {
+        let policy = RetryPolicy::default();
+        let said = policy.verdict(
+            AttemptOutcome::Overloaded,
+            Duration::MAX,
+            Some(Duration::from_secs(3)),
         );
+        assert!(said.retry && !said.blame);
+        assert_eq!(said.cool_down, Some(Duration::from_secs(3)));
+        let unsaid = policy.verdict(AttemptOutcome::Overloaded, Duration::MAX, None);
+        assert_eq!(unsaid.cool_down, Some(DEFAULT_COOL_DOWN));
+        let huge = policy.verdict(
+            AttemptOutcome::Overloaded,
+            Duration::MAX,
+            Some(Duration::from_secs(3600)),
+        );
+        assert_eq!(huge.cool_down, Some(MAX_COOL_DOWN));
     }
 
     #[test]
     fn a_timeout_cut_short_by_the_deadline_is_retried_without_blame() {
         let policy = RetryPolicy::default();
-        let short = policy.verdict(AttemptOutcome::Timeout, Duration::from_millis(10));
+        let short = policy.verdict(AttemptOutcome::Timeout, Duration::from_millis(10), None);
         assert!(short.retry && !short.blame);
-        let full = policy.verdict(AttemptOutcome::Timeout, policy.attempt_timeout);
+        let full = policy.verdict(AttemptOutcome::Timeout, policy.attempt_timeout, None);
         assert!(full.retry && full.blame);
     }
 

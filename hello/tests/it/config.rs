@@ -32,6 +32,10 @@ fn start_with(vars: &[(&str, &str)]) -> (Option<i32>, String) {
 fn bad_variables_stop_start_up_with_one_line_naming_them() {
     for (variable, value) in [
         ("NAME_SERVICE_URL", "ftp://name.internal"),
+        ("NAME_SERVICE_URL", "http://name.internal:0"),
+        ("NAME_SERVICE_URL", "http://user:pw@name.internal:3000"),
+        ("MAX_ANSWER_BYTES", "0"),
+        ("HEADER_READ_TIMEOUT", "soon"),
         ("DISCOVERY_RECORD", "mx"),
         ("DNS_MAX_TTL", "ten seconds"),
         ("DNS_SERVER", "resolver.internal"),

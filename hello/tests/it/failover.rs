@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::dns_server::Mode;
-use crate::helpers::{Cluster, Hello, NameInstance, hello_config, ms};
+use crate::helpers::{Cluster, NameInstance, ms};
 
 #[tokio::test]
 async fn a_killed_instance_still_in_dns_fails_no_request() {
@@ -110,25 +110,4 @@ async fn shutdown_stops_serving_and_returns_cleanly() {
         http.get(&base).send().await.is_err(),
         "still accepting after shutdown"
     );
-}
-
-#[tokio::test]
-async fn a_4xx_is_neither_retried_nor_held_against_the_endpoint() {
-    // A fixed endpoint (an IP address in the URL, no DNS) that refuses every request.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let refusing = axum::Router::new().fallback(|| async { axum::http::StatusCode::NOT_FOUND });
-    tokio::spawn(async move { axum::serve(listener, refusing).await });
-    let mut config = hello_config();
-    config.upstream.name_service_url = format!("http://{addr}").parse().unwrap();
-    let hello = Hello::start(config).await;
-    assert!(hello.wait_ready(Duration::from_secs(5)).await);
-
-    let (status, body) = hello.get("/").await;
-
-    assert_eq!(status, 503);
-    assert!(body.contains("404"), "{body}");
-    assert_eq!(hello.metric("hello_upstream_retries_total").await, 0);
-    let (_, debug) = hello.get("/debug/endpoints").await;
-    assert!(debug.contains("\"consecutive_failures\":0"), "{debug}");
 }

@@ -177,9 +177,14 @@ pub struct Greeting {
 impl Hello {
     /// Starts hello on a free loopback port with `config`.
     pub async fn start(config: hello::Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(config, listener).await
+    }
+
+    /// Starts hello on `listener` with `config`.
+    pub async fn start_on(config: hello::Config, listener: TcpListener) -> Self {
         init_test_log();
         common::ServiceConfig::validate(&config).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(hello::run(config, listener, async {
@@ -382,7 +387,7 @@ impl Cluster {
         let dns = DnsServer::start(self.ttl).await;
         let listed = self.in_dns.unwrap_or(0..names.len());
         if !listed.is_empty() {
-            dns.set_a(SERVICE, &ips(&names[listed]));
+            dns.set_a(SERVICE, &ips(&names[listed.clone()]));
         }
         if let Some(write) = self.records.take() {
             write(&dns);
@@ -395,10 +400,19 @@ impl Cluster {
         self.config.upstream.dns_server = Some(dns.addr());
         let hello = Hello::start(self.config).await;
         if self.wait_ready {
-            assert!(
-                hello.wait_ready(Duration::from_secs(5)).await,
-                "hello never became ready"
-            );
+            // Ready, and every instance in DNS proven by its first probe.
+            let proven = eventually(Duration::from_secs(5), || async {
+                let (_, body) = hello.get("/debug/endpoints").await;
+                let debug: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let endpoints = debug["endpoints"].as_array().unwrap();
+                !endpoints.is_empty()
+                    && endpoints.len() >= listed.len()
+                    && endpoints
+                        .iter()
+                        .all(|endpoint| endpoint["state"] == "healthy")
+            })
+            .await;
+            assert!(proven, "hello never knew every instance as healthy");
         }
         Running { names, dns, hello }
     }

@@ -157,3 +157,38 @@ async fn past_the_connection_limit_hello_stops_accepting_until_one_closes() {
         .unwrap();
     assert_eq!(&answer, b"HTTP/1.1 200");
 }
+
+#[tokio::test]
+async fn a_request_that_came_through_hello_is_refused_with_508() {
+    let cluster = Cluster::new(1).start().await;
+
+    let response = cluster
+        .hello
+        .http
+        .get(&cluster.hello.base)
+        .header("via", "1.0 cdn, 1.1 hello")
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status().as_u16(), 508);
+    assert_eq!(cluster.hello.metric("hello_loops_refused_total").await, 1);
+}
+
+#[tokio::test]
+async fn a_record_pointing_back_at_hello_is_refused_not_amplified() {
+    // hello's own address is its upstream, as when a record or a reused address points back.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = hello_config();
+    config.upstream.name_service_url = format!("http://{addr}").parse().unwrap();
+    let hello = Hello::start_on(config, listener).await;
+
+    let (status, body) = hello.get("/").await;
+
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("508"), "{body}");
+    // One refused call per attempt (and hedge), never a cascade.
+    let loops = hello.metric("hello_loops_refused_total").await;
+    assert!((1..=3).contains(&loops), "{loops} loops refused");
+}

@@ -13,6 +13,7 @@ mod helpers;
 mod greeter;
 
 mod balancing;
+mod broken_upstreams;
 mod config;
 mod discovery;
 mod failover;

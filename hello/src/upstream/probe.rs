@@ -1,0 +1,121 @@
+//! Active health checking beside outlier detection (Envoy's pairing): a background task
+//! probes the endpoints that need it (new ones that have never answered, ejected ones, and
+//! failing ones the ejection cap keeps in) with `GET <path>` on their own connection pools,
+//! off the request path, each probe with its own small timeout. An ejected endpoint comes
+//! back only when its probe answers; an endpoint whose probe fails while others answer is
+//! dead and is ejected whatever the cap.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use super::endpoints::{Endpoint, Probed, Tier};
+
+/// Most probes in flight at once; the rest wait for the next round.
+const MAX_PROBES_PER_ROUND: usize = 64;
+
+/// How endpoints are probed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbePolicy {
+    /// The path asked for; any 2xx answer within the timeout is a pass.
+    pub path: String,
+    /// Time between rounds; a round also starts at once when new endpoints appear or one is
+    /// suspected.
+    pub interval: Duration,
+    /// Time one probe may take.
+    pub timeout: Duration,
+}
+
+impl Default for ProbePolicy {
+    fn default() -> Self {
+        Self {
+            path: "/healthz".into(),
+            interval: Duration::from_millis(500),
+            timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The probing task's inputs.
+pub(crate) struct Prober {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) policy: ProbePolicy,
+}
+
+impl Prober {
+    /// Probes until `stop` is cancelled.
+    pub(crate) async fn run(self, stop: CancellationToken) {
+        loop {
+            if stop.run_until_cancelled(self.round()).await.is_none() {
+                return;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(self.policy.interval) => {}
+                () = self.shared.probe_requested() => {}
+            }
+        }
+    }
+
+    /// Probes every endpoint that needs it, at once, and applies the results.
+    async fn round(&self) {
+        let snapshot = self.shared.endpoints.snapshot();
+        let due: Vec<Arc<Endpoint>> = snapshot
+            .endpoints
+            .iter()
+            .filter(|endpoint| endpoint.needs_probe())
+            .take(MAX_PROBES_PER_ROUND)
+            .cloned()
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let mut probes = JoinSet::new();
+        for endpoint in due {
+            let timeout = self.policy.timeout;
+            probes.spawn(async move {
+                let answered = probe(&endpoint, timeout).await;
+                (endpoint, answered)
+            });
+        }
+        let results = probes.join_all().await;
+        let now = Instant::now();
+        // Evidence that the network works: a probe answered, or an endpoint not probed is
+        // taking traffic successfully.
+        let others_answer = results.iter().any(|(_, answered)| *answered)
+            || snapshot
+                .endpoints
+                .iter()
+                .any(|endpoint| !endpoint.needs_probe() && endpoint.tier(now) == Tier::Ready);
+        for (endpoint, answered) in results {
+            self.shared.metrics.probe(answered);
+            match self
+                .shared
+                .endpoints
+                .probed(&endpoint, answered, others_answer, now)
+            {
+                Probed::Unchanged => {}
+                Probed::Readmitted => {
+                    tracing::info!(endpoint = %endpoint.addr(), "endpoint answered its probe; back in service")
+                }
+                Probed::Ejected(at_least) => {
+                    self.shared.metrics.ejection();
+                    tracing::warn!(endpoint = %endpoint.addr(), ?at_least, "endpoint failed its probe while others answer; ejected")
+                }
+            }
+        }
+    }
+}
+
+/// One probe: true when the endpoint answers 2xx within `timeout`.
+async fn probe(endpoint: &Endpoint, timeout: Duration) -> bool {
+    let request = endpoint.pool().get(endpoint.probe_url()).send();
+    matches!(
+        tokio::time::timeout(timeout, request).await,
+        Ok(Ok(response)) if response.status().is_success()
+    )
+}
