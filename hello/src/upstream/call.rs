@@ -531,6 +531,11 @@ impl Caller {
             });
         if result.is_ok() {
             let now = Instant::now();
+            if endpoint.is_ejected() {
+                // Tried because nothing better was left, and it answered: probe it now rather
+                // than at the next round, so that it is back in service at once.
+                self.shared.request_probe();
+            }
             endpoint.record_success();
             self.shared.metrics.attempt(AttemptOutcome::Ok);
             self.shared.latency.record(now - started, now);
