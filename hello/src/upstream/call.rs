@@ -13,8 +13,11 @@ use std::time::Duration;
 use std::future::Future;
 use std::pin::pin;
 
-use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, HeaderValue, RETRY_AFTER, VIA};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Body;
+use hyper::header::{ACCEPT, HeaderMap, HeaderValue, RETRY_AFTER, VIA};
+use hyper::{Request, StatusCode};
 use tokio::time::Instant;
 
 use super::Shared;
@@ -171,7 +174,7 @@ enum AttemptErrorKind {
     #[error("bad answer")]
     Decode(#[source] DecodeError),
     #[error("request failed")]
-    Http(#[source] reqwest::Error),
+    Http(#[source] Box<dyn StdError + Send + Sync>),
 }
 
 /// Calls the upstream across its endpoints.
@@ -457,20 +460,24 @@ impl Caller {
             retry_after: None,
         };
         let request = async {
-            let mut request = endpoint
-                .pool()
-                .get(endpoint.url())
-                .header(ACCEPT, "application/json");
+            let mut request = Request::new(Empty::<Bytes>::new());
+            *request.uri_mut() = endpoint.uri().clone();
+            let headers = request.headers_mut();
+            headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
             if let Some(via) = &self.via {
-                request = request.header(VIA, via.clone());
+                headers.insert(VIA, via.clone());
             }
-            let mut response = request
-                .send()
-                .await
-                .map_err(|err| fail(classify(&err), AttemptErrorKind::Http(err)))?;
+            let response = endpoint.pool().request(request).await.map_err(|err| {
+                let outcome = if err.is_connect() {
+                    AttemptOutcome::ConnectError
+                } else {
+                    AttemptOutcome::BadResponse
+                };
+                fail(outcome, AttemptErrorKind::Http(err.into()))
+            })?;
             let status = response.status();
             if !status.is_success() {
-                let retry_after = retry_after(&response);
+                let retry_after = retry_after(response.headers());
                 let outcome = if status == StatusCode::TOO_MANY_REQUESTS
                     || (status == StatusCode::SERVICE_UNAVAILABLE && retry_after.is_some())
                 {
@@ -495,26 +502,39 @@ impl Caller {
                     AttemptErrorKind::TooLarge(limit),
                 )
             };
-            if response
-                .content_length()
-                .is_some_and(|length| length > limit as u64)
-            {
+            let mut body = response.into_body();
+            if body.size_hint().lower() > limit as u64 {
                 return Err(too_large());
             }
             // Read no more than the bound, whatever the instance sends: an endless body costs
-            // `limit` bytes, not memory until the kernel steps in.
-            let mut body = Vec::new();
-            while let Some(chunk) = response
-                .chunk()
-                .await
-                .map_err(|err| fail(AttemptOutcome::BadResponse, AttemptErrorKind::Http(err)))?
-            {
-                if body.len() + chunk.len() > limit {
+            // `limit` bytes, not memory until the kernel steps in. The usual answer is one
+            // frame, decoded where it lies.
+            let mut first: Option<Bytes> = None;
+            let mut joined = Vec::new();
+            let mut read = 0;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|err| {
+                    fail(
+                        AttemptOutcome::BadResponse,
+                        AttemptErrorKind::Http(err.into()),
+                    )
+                })?;
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                read += data.len();
+                if read > limit {
                     return Err(too_large());
                 }
-                body.extend_from_slice(&chunk);
+                match first.take() {
+                    None if joined.is_empty() => first = Some(data),
+                    earlier => {
+                        joined.extend_from_slice(earlier.as_deref().unwrap_or_default());
+                        joined.extend_from_slice(&data);
+                    }
+                }
             }
-            decode(&body).map_err(|err| {
+            decode(first.as_deref().unwrap_or(&joined)).map_err(|err| {
                 fail(
                     AttemptOutcome::BadResponse,
                     AttemptErrorKind::Decode(err.into()),
@@ -545,17 +565,7 @@ impl Caller {
 }
 
 /// `Retry-After` in seconds; an HTTP date counts as one second.
-fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    let value = response.headers().get(RETRY_AFTER)?.to_str().ok()?;
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
     Some(Duration::from_secs(value.trim().parse().unwrap_or(1)))
-}
-
-fn classify(err: &reqwest::Error) -> AttemptOutcome {
-    if err.is_connect() {
-        AttemptOutcome::ConnectError
-    } else if err.is_timeout() {
-        AttemptOutcome::Timeout
-    } else {
-        AttemptOutcome::BadResponse
-    }
 }

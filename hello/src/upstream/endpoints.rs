@@ -17,6 +17,11 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::Uri;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -64,6 +69,9 @@ impl EjectionPolicy {
     }
 }
 
+/// One endpoint's connection pool: hyper's pooled HTTP/1.1 client, requests without a body.
+pub type Pool = Client<HttpConnector, Empty<Bytes>>;
+
 /// Flags of [`Endpoint::flags`].
 const EJECTED: u8 = 1;
 /// The endpoint has answered, a live request or a probe.
@@ -86,13 +94,13 @@ pub enum Tier {
 #[derive(Debug)]
 pub struct Endpoint {
     addr: SocketAddr,
-    /// `http://<addr>/`, built once.
-    url: String,
-    /// The health probe's URL, built once.
-    probe_url: String,
+    /// `http://<addr>/`, parsed once; cloning it is cheap.
+    uri: Uri,
+    /// The health probe's URI, parsed once.
+    probe_uri: Uri,
     /// This endpoint's own connection pool, so that the endpoint's idle connections close when
     /// it leaves the set.
-    pool: reqwest::Client,
+    pool: Pool,
     in_flight: AtomicUsize,
     flags: AtomicU8,
     /// End of a cool-down, in milliseconds since `epoch`; 0 when none.
@@ -114,11 +122,11 @@ struct Health {
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr, pool: reqwest::Client, probe_path: &str, epoch: Instant) -> Self {
+    fn new(addr: SocketAddr, pool: Pool, probe_path: &str, epoch: Instant) -> Self {
         Self {
             addr,
-            url: format!("http://{addr}/"),
-            probe_url: format!("http://{addr}{probe_path}"),
+            uri: uri(addr, "/"),
+            probe_uri: uri(addr, probe_path),
             pool,
             in_flight: AtomicUsize::new(0),
             flags: AtomicU8::new(0),
@@ -133,18 +141,18 @@ impl Endpoint {
         self.addr
     }
 
-    /// The URL of the instance's `GET /`.
-    pub fn url(&self) -> &str {
-        &self.url
+    /// The URI of the instance's `GET /`.
+    pub fn uri(&self) -> &Uri {
+        &self.uri
     }
 
-    /// The URL of the instance's health probe.
-    pub fn probe_url(&self) -> &str {
-        &self.probe_url
+    /// The URI of the instance's health probe.
+    pub fn probe_uri(&self) -> &Uri {
+        &self.probe_uri
     }
 
     /// The connection pool to call this endpoint with.
-    pub fn pool(&self) -> &reqwest::Client {
+    pub fn pool(&self) -> &Pool {
         &self.pool
     }
 
@@ -225,6 +233,14 @@ impl Endpoint {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// `http://<addr><path>`. An address and a path that starts with `/` always make a valid URI;
+/// a path that does not (a bad probe path) falls back to `/`.
+fn uri(addr: SocketAddr, path: &str) -> Uri {
+    format!("http://{addr}{path}")
+        .parse()
+        .unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 /// A request in flight to an endpoint; dropping it ends the count.
@@ -337,7 +353,7 @@ pub struct EndpointSet {
     /// Held from counting the ejected endpoints to ejecting one, so that endpoints failing at
     /// the same moment cannot together exceed the cap. Taken on the failure path only.
     ejecting: Mutex<()>,
-    new_pool: Box<dyn Fn() -> reqwest::Client + Send + Sync>,
+    new_pool: Box<dyn Fn() -> Pool + Send + Sync>,
 }
 
 impl EndpointSet {
@@ -346,7 +362,7 @@ impl EndpointSet {
     pub fn new(
         policy: EjectionPolicy,
         probe_path: &str,
-        new_pool: impl Fn() -> reqwest::Client + Send + Sync + 'static,
+        new_pool: impl Fn() -> Pool + Send + Sync + 'static,
     ) -> Self {
         let empty = Snapshot {
             endpoints: Vec::new(),
@@ -609,7 +625,7 @@ mod tests {
     }
 
     fn set_of(last_octets: &[u8]) -> EndpointSet {
-        let set = EndpointSet::new(policy(), "/healthz", reqwest::Client::new);
+        let set = EndpointSet::new(policy(), "/healthz", crate::upstream::test_pool);
         set.apply(&addrs(last_octets), Discovery::Resolved);
         set
     }

@@ -54,8 +54,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use hyper::header::HeaderValue;
 use prometheus_client::registry::Registry;
-use reqwest::header::HeaderValue;
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -69,8 +69,11 @@ pub use options::{
 
 use call::{Caller, DecodeError};
 use dns::Dns;
-use endpoints::{Discovery, EndpointReport, EndpointSet};
+use endpoints::{Discovery, EndpointReport, EndpointSet, Pool};
 use hedge::Latency;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use metrics::Metrics;
 use probe::Prober;
 use refresh::Refresher;
@@ -102,27 +105,20 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn new(options: &Options, registry: &mut Registry) -> anyhow::Result<Arc<Self>> {
-        let pool = pool_builder(options);
-        pool().context("cannot build the HTTP client")?;
+    fn new(options: &Options, registry: &mut Registry) -> Arc<Self> {
         let endpoints = Arc::new(EndpointSet::new(
             options.ejection,
             &options.probe.path,
-            move || {
-                // The same settings built a client above, and building one depends on nothing
-                // else (no TLS backend, no system configuration), so this cannot fail.
-                #[allow(clippy::expect_used)]
-                pool().expect("the HTTP client was built at start-up")
-            },
+            pool_builder(options),
         ));
         let metrics = Metrics::register(registry, Arc::clone(&endpoints));
-        Ok(Arc::new(Self {
+        Arc::new(Self {
             endpoints,
             refresh: Notify::new(),
             probe: Notify::new(),
             latency: Latency::new(options.hedge),
             metrics,
-        }))
+        })
     }
 
     /// Asks the refresher to look again before the TTL runs out.
@@ -148,24 +144,29 @@ impl Shared {
     #[cfg(test)]
     pub(crate) fn for_tests() -> Arc<Self> {
         Self::new(&Options::default(), &mut Registry::default())
-            .unwrap_or_else(|err| panic!("{err}"))
     }
 }
 
-/// One endpoint's connection pool. No proxy: a proxy from the environment (`HTTP_PROXY`)
-/// would hide the endpoints from the balancer.
-fn pool_builder(
-    options: &Options,
-) -> impl Fn() -> reqwest::Result<reqwest::Client> + Send + Sync + 'static {
+/// Makes each endpoint's connection pool: HTTP/1.1 keep-alive, no proxy (a proxy would hide
+/// the endpoints from the balancer), the connect timeout, and idle connections closed after
+/// the idle timeout.
+fn pool_builder(options: &Options) -> impl Fn() -> Pool + Send + Sync + 'static {
     let (connect_timeout, idle_timeout) = (options.connect_timeout, options.idle_timeout);
     move || {
-        reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        Client::builder(TokioExecutor::new())
             .pool_idle_timeout(idle_timeout)
-            .tcp_nodelay(true)
-            .no_proxy()
-            .build()
+            .pool_timer(TokioTimer::new())
+            .build(connector)
     }
+}
+
+/// A pool for unit tests, with the default options.
+#[cfg(test)]
+pub(crate) fn test_pool() -> Pool {
+    pool_builder(&Options::default())()
 }
 
 /// What the upstream knows now, to serialize (JSON for a debug route): the service's name,
@@ -187,7 +188,7 @@ impl Upstream {
         options: Options,
         registry: &mut Registry,
     ) -> anyhow::Result<Self> {
-        let shared = Shared::new(&options, registry)?;
+        let shared = Shared::new(&options, registry);
         let via = options
             .via
             .as_deref()

@@ -71,7 +71,7 @@ mod tests {
             max_time: Duration::from_secs(10),
             max_percent: 100,
         };
-        let set = EndpointSet::new(policy, "/healthz", reqwest::Client::new);
+        let set = EndpointSet::new(policy, "/healthz", crate::upstream::test_pool);
         let addrs: BTreeSet<SocketAddr> = (1..=n)
             .map(|i| SocketAddr::from(([10, 0, 0, i], 3000)))
             .collect();

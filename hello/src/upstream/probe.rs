@@ -111,9 +111,10 @@ impl Prober {
     }
 }
 
-/// One probe: true when the endpoint answers 2xx within `timeout`.
+/// One probe: true when the endpoint answers 2xx within `timeout`. The body is not read: the
+/// connection is dropped with the answer rather than returned to the pool half-read.
 async fn probe(endpoint: &Endpoint, timeout: Duration) -> bool {
-    let request = endpoint.pool().get(endpoint.probe_url()).send();
+    let request = endpoint.pool().get(endpoint.probe_uri().clone());
     matches!(
         tokio::time::timeout(timeout, request).await,
         Ok(Ok(response)) if response.status().is_success()
