@@ -159,7 +159,11 @@ mod tests {
     async fn draining_answers_close_the_connection() {
         let state = AppState::new("n7");
         for path in ["/", "/healthz", "/readyz"] {
-            assert_eq!(connection_header(&state, path).await, None, "{path} before draining");
+            assert_eq!(
+                connection_header(&state, path).await,
+                None,
+                "{path} before draining"
+            );
         }
 
         state.start_draining();
