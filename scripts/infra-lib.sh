@@ -9,6 +9,7 @@ PROG="$(basename "$0")"
 STACK_NAME="${STACK_NAME:-hello-name}"
 REGION="${AWS_REGION:-${AWS_DEFAULT_REGION:-}}"
 SERVICES=(name hello)
+TEMPLATE="$ROOT/infra/parent.yml"
 
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
@@ -84,10 +85,10 @@ stack_resources() {
     done
 }
 
-# parent_parameters: the parameter names of infra/parent.yml, one a line.
+# parent_parameters: the parameter names of the parent template, one a line.
 parent_parameters() {
   awk '/^Parameters:/ { p = 1; next } /^[^ #]/ { p = 0 } p && /^  [A-Za-z0-9]+:$/ { sub(/:$/, ""); print $1 }' \
-    "$ROOT/infra/parent.yml"
+    "$TEMPLATE"
 }
 
 # stack_output KEY: an output of the parent stack, empty when the stack or output is missing.
