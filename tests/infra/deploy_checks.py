@@ -328,6 +328,7 @@ def documented_parameter_names(text: str, known: set[str]) -> set[str]:
     """Parameters a README names: `Key=Value` overrides anywhere, and backticked names that are
     a parameter of some template (`Cpu`, `MinCapacity`)."""
     overrides = set(re.findall(r"(?<![\w/.-])([A-Z][a-z][A-Za-z0-9]*)=(?!=)", text))
+    overrides.discard("Key")  # the placeholder in "Key=Value"
     quoted = set(re.findall(r"`([A-Z][A-Za-z0-9]+)`", text)) & known
     return overrides | quoted
 
