@@ -72,6 +72,7 @@ def aws_env():
         AWS_DEFAULT_REGION=REGION, AWS_REGION=REGION,
         AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull,
         AWS_EC2_METADATA_DISABLED="true", SAM_CLI_TELEMETRY="0",
+        SAM_CLI_POLL_DELAY="1",  # moto answers at once; SAM would wait 5 s between polls
         NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
         PATH=f"{VENVS / 'aws' / 'bin'}:{VENVS / 'sam' / 'bin'}:{env.get('PATH', '')}",
     )
