@@ -27,24 +27,29 @@ class Unknown(Exception):
 
 # --- evaluating a property under every combination of the parameters it uses ----------------
 
-def _refs(node) -> set[str]:
-    """Names of the parameters (not pseudo parameters) a node refers to, Sub included."""
+def _refs(node, doc: dict | None = None) -> set[str]:
+    """Names of the parameters (not pseudo parameters) a node refers to, Sub included, and
+    with `doc` those of the conditions its Fn::If and Condition name."""
     found: set[str] = set()
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "Ref" and isinstance(value, str) and not value.startswith("AWS::"):
                 found.add(value)
+            elif doc is not None and key in ("Fn::If", "Condition"):
+                name = value[0] if key == "Fn::If" else value
+                found |= _refs(doc.get("Conditions", {}).get(name, {}), doc)
+                found |= _refs(value[1:] if key == "Fn::If" else [], doc)
             elif key == "Fn::Sub":
                 text = value if isinstance(value, str) else value[0]
                 local = {} if isinstance(value, str) else value[1]
                 found |= {n for n in re.findall(r"\$\{([^}!]+)\}", text)
                           if n not in local and "." not in n and not n.startswith("AWS::")}
-                found |= _refs(local)
+                found |= _refs(local, doc)
             else:
-                found |= _refs(value)
+                found |= _refs(value, doc)
     elif isinstance(node, list):
         for value in node:
-            found |= _refs(value)
+            found |= _refs(value, doc)
     return found
 
 
@@ -62,7 +67,7 @@ def _allowed(doc: dict, name: str) -> list:
 
 def environments(doc: dict, *nodes) -> Iterator[dict]:
     """Every combination of values of the parameters the nodes use."""
-    names = sorted(set().union(*(_refs(n) for n in nodes)))
+    names = sorted(set().union(*(_refs(n, doc) for n in nodes)))
     for combo in itertools.product(*(_allowed(doc, n) for n in names)):
         yield dict(zip(names, combo))
 
@@ -87,7 +92,10 @@ def evaluate(node, env: dict, doc: dict) -> list:
             return [env[arg]]
         raise Unknown(f"Ref {arg}")
     if fn == "Fn::If":
-        return evaluate(arg[1], env, doc) + evaluate(arg[2], env, doc)
+        holds = condition(doc["Conditions"][arg[0]], env, doc)
+        if holds is None:  # depends on something unknown offline (the Region, say): both
+            return evaluate(arg[1], env, doc) + evaluate(arg[2], env, doc)
+        return evaluate(arg[1] if holds else arg[2], env, doc)
     if fn == "Fn::Split":
         return [str(s).split(arg[0]) for s in evaluate(arg[1], env, doc)]
     if fn == "Fn::Select":
@@ -116,6 +124,27 @@ def evaluate(node, env: dict, doc: dict) -> list:
 
         return [re.sub(r"\$\{([^}!]+)\}", fill, text)]
     raise Unknown(f"{fn} is not evaluated offline")
+
+
+def condition(expr, env: dict, doc: dict) -> bool | None:
+    """A condition's truth given parameter values `env`; None when it cannot be told offline."""
+    (fn, arg), = expr.items()
+    if fn == "Condition":
+        return condition(doc["Conditions"][arg], env, doc)
+    if fn == "Fn::Equals":
+        try:
+            (left,), (right,) = evaluate(arg[0], env, doc), evaluate(arg[1], env, doc)
+        except (Unknown, ValueError):
+            return None
+        return str(left) == str(right)
+    parts = [condition(c, env, doc) for c in arg]
+    if fn == "Fn::Not":
+        return None if parts[0] is None else not parts[0]
+    if fn == "Fn::And":
+        return False if False in parts else (None if None in parts else True)
+    if fn == "Fn::Or":
+        return True if True in parts else (None if None in parts else False)
+    raise Unknown(f"condition function {fn}")
 
 
 def values_of(doc: dict, node) -> list:
@@ -311,6 +340,41 @@ def ec2_description_substitutions(doc: dict) -> list[str]:
     return findings
 
 
+# ECS ServiceRegistry: "If the task definition that your service task specifies uses the awsvpc
+# network mode and a type SRV DNS record is used, you must specify a containerName and
+# containerPort combination or a port value. However, you can't specify both."
+# (https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_ServiceRegistry.html)
+
+
+def ecs_srv_registries_name_a_port(doc: dict) -> list[str]:
+    """Whenever the Cloud Map service an ECS service registers in publishes SRV records (for
+    every parameter value), its ServiceRegistries entry gives ContainerName and ContainerPort,
+    or Port, and not both."""
+    findings = []
+    discovery = dict(resources(doc, "AWS::ServiceDiscovery::Service"))
+    for logical_id, props in resources(doc, "AWS::ECS::Service"):
+        for entry in props.get("ServiceRegistries", []):
+            target = entry.get("RegistryArn", {}).get("Fn::GetAtt", [None])[0]
+            if target not in discovery:
+                continue
+            records = discovery[target].get("DnsConfig", {}).get("DnsRecords", [])
+            entry = {k: v for k, v in entry.items() if k in ("ContainerName", "ContainerPort", "Port")}
+            try:
+                for env in environments(doc, records, entry):
+                    types = {r["Type"] for recs in evaluate(records, env, doc) for r in recs}
+                    if "SRV" not in types:
+                        continue
+                    for resolved in evaluate(entry, env, doc):
+                        present = {k for k, v in resolved.items() if v is not NO_VALUE}
+                        pair = {"ContainerName", "ContainerPort"} <= present
+                        if pair == ("Port" in present):
+                            findings.append(f"{logical_id}: SRV records need ContainerName and ContainerPort, "
+                                            f"or Port, not both ({env})")
+            except (Unknown, KeyError) as e:
+                findings.append(f"{logical_id}: ServiceRegistries cannot be checked offline: {e}")
+    return findings
+
+
 TEMPLATE_CHECKS: dict[str, Callable[[dict], list[str]]] = {
     f.__name__: f for f in (
         fargate_cpu_memory_pairs,
@@ -318,6 +382,7 @@ TEMPLATE_CHECKS: dict[str, Callable[[dict], list[str]]] = {
         cloudmap_dns_records,
         alb_health_check_liveness,
         ec2_description_substitutions,
+        ecs_srv_registries_name_a_port,
     )
 }
 

@@ -86,6 +86,12 @@ OLD_DEFECTS = {
     "negative SOA TTL": (
         "cluster", lambda d: d["Parameters"]["NamespaceNegativeTtl"]["AllowedValues"].append(-1),
         "cloudmap_dns_records"),
+    "SRV registration without the container": (
+        "name", lambda d: d["Resources"]["Service"]["Properties"]["ServiceRegistries"][0].pop("ContainerName"),
+        "ecs_srv_registries_name_a_port"),
+    "SRV registration with both a port and the container": (
+        "name", lambda d: d["Resources"]["Service"]["Properties"]["ServiceRegistries"][0].update(
+            Port={"Ref": "ContainerPort"}), "ecs_srv_registries_name_a_port"),
     "stack name pattern lets an apostrophe through": (
         "hello", lambda d: d["Parameters"]["EnvironmentName"].update(AllowedPattern="^.+$"),
         "ec2_description_substitutions"),
