@@ -9,6 +9,7 @@ PROG="$(basename "$0")"
 STACK_NAME="${STACK_NAME:-hello-name}"
 REGION="${AWS_REGION:-${AWS_DEFAULT_REGION:-}}"
 SERVICES=(name hello)
+TEMPLATE="$ROOT/infra/parent.yml"
 
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
@@ -56,6 +57,39 @@ resolve_aws() {
 
 # repository SERVICE: the ECR repository of a service's image.
 repository() { printf '%s/%s' "$(tr '[:upper:]' '[:lower:]' <<<"$STACK_NAME")" "$1"; }
+
+# stack_status: the parent stack's status, empty when there is no such stack.
+stack_status() {
+  aws cloudformation describe-stacks --region "$REGION" --stack-name "$STACK_NAME" \
+    --query 'Stacks[0].StackStatus' --output text 2>/dev/null || true
+}
+
+# stack_parameter KEY: a parameter value of the parent stack, empty when missing.
+stack_parameter() {
+  aws cloudformation describe-stacks --region "$REGION" --stack-name "$STACK_NAME" \
+    --query "Stacks[0].Parameters[?ParameterKey=='$1'].ParameterValue" --output text 2>/dev/null \
+    | sed 's/^None$//'
+}
+
+# stack_resources STACK: "type<TAB>physical id" of every resource of the stack and, through
+# list-stack-resources, of its nested stacks. Works in every stack state, failed creates
+# included: unlike outputs, the resource list exists as soon as CloudFormation starts.
+stack_resources() {
+  local type id
+  aws cloudformation list-stack-resources --region "$REGION" --stack-name "$1" \
+    --query 'StackResourceSummaries[].[ResourceType, PhysicalResourceId]' --output text 2>/dev/null \
+    | while IFS=$'\t' read -r type id; do
+      [[ -n "$id" && "$id" != None ]] || continue
+      printf '%s\t%s\n' "$type" "$id"
+      if [[ "$type" == AWS::CloudFormation::Stack ]]; then stack_resources "$id"; fi
+    done
+}
+
+# parent_parameters: the parameter names of the parent template, one a line.
+parent_parameters() {
+  awk '/^Parameters:/ { p = 1; next } /^[^ #]/ { p = 0 } p && /^  [A-Za-z0-9]+:$/ { sub(/:$/, ""); print $1 }' \
+    "$TEMPLATE"
+}
 
 # stack_output KEY: an output of the parent stack, empty when the stack or output is missing.
 stack_output() {

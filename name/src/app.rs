@@ -1,12 +1,14 @@
 //! The router: `/` answers with a name, `/healthz` with liveness, `/readyz` with readiness,
-//! which turns off while the instance drains.
+//! which turns off while the instance drains. While draining, every answer also carries
+//! `Connection: close`, so callers' pooled keep-alive connections end with the drain.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::map_response_with_state;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use common::{NameAnswer, wants_json};
@@ -30,7 +32,7 @@ impl AppState {
         }
     }
 
-    /// From now on `/readyz` answers 503; `/` keeps answering.
+    /// From now on `/readyz` answers 503; `/` keeps answering, with `Connection: close`.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
@@ -42,7 +44,20 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(random_name))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .layer(map_response_with_state(state.clone(), close_while_draining))
         .with_state(state)
+}
+
+/// While draining, ask the caller to close the connection after this answer (hyper then closes
+/// it too): a pooled keep-alive connection would otherwise outlive the drain and meet a closed
+/// socket on its next request.
+async fn close_while_draining(State(state): State<AppState>, mut response: Response) -> Response {
+    if state.draining.load(Ordering::Relaxed) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 async fn random_name(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -120,5 +135,35 @@ mod tests {
         );
         assert_eq!(get(&state, "/healthz", None).await.0, StatusCode::OK);
         assert_eq!(get(&state, "/", None).await.0, StatusCode::OK);
+    }
+
+    async fn connection_header(state: &AppState, path: &str) -> Option<HeaderValue> {
+        let response = app(state.clone())
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        response.headers().get(header::CONNECTION).cloned()
+    }
+
+    #[tokio::test]
+    async fn draining_answers_close_the_connection() {
+        let state = AppState::new("n7");
+        for path in ["/", "/healthz", "/readyz"] {
+            assert_eq!(
+                connection_header(&state, path).await,
+                None,
+                "{path} before draining"
+            );
+        }
+
+        state.start_draining();
+
+        for path in ["/", "/healthz", "/readyz"] {
+            assert_eq!(
+                connection_header(&state, path).await,
+                Some(HeaderValue::from_static("close")),
+                "{path} while draining"
+            );
+        }
     }
 }

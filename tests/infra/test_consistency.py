@@ -11,7 +11,9 @@ import pytest
 
 from conftest import TEMPLATE_NAMES, ROOT, rust_sources, source, template
 
-DRAIN_MARGIN_SECONDS = 10  # hello's refresh margin on top of the record TTL (see name.yml)
+# Route 53 propagates a change "generally within 60 seconds"
+# (https://docs.aws.amazon.com/Route53/latest/APIReference/API_ChangeResourceRecordSets.html).
+ROUTE53_PROPAGATION_SECONDS = 60
 FARGATE_MAX_STOP_TIMEOUT = 120
 
 
@@ -195,7 +197,7 @@ def test_binaries_are_where_the_health_checks_run_them():
 
 def test_target_group_health_path_is_a_hello_route():
     path = template("hello")["Resources"]["TargetGroup"]["Properties"]["HealthCheckPath"]
-    assert path == "/readyz"
+    assert path == "/healthz"
     assert f'"{path}"' in rust_sources("hello/src"), f"hello/src routes no {path}"
 
 
@@ -211,16 +213,47 @@ def test_environment_variables_are_ones_the_services_read():
 # --- drain follows the TTL -----------------------------------------------------------------
 
 def test_drain_and_stop_timeout_follow_every_allowed_ttl():
+    # drain >= TTL (the VPC resolver's copy) + propagation + hello's refresh ceiling, and
+    # StopTimeout a few seconds more, within Fargate's 120.
     name = template("name")
     ttls = name["Parameters"]["RecordTtl"]["AllowedValues"]
     assert template("parent")["Parameters"]["NameRecordTtl"]["AllowedValues"] == ttls
     assert 0 not in ttls
+    ceiling = name["Mappings"]["Callers"]["Hello"]["DnsMaxTtlSeconds"]
     table = name["Mappings"]["DrainByTtl"]
     assert sorted(int(k) for k in table) == sorted(ttls)
     for ttl in ttls:
         row = table[str(ttl)]
         drain, stop = int(row["DrainSeconds"]), int(row["StopTimeout"])
-        assert drain >= ttl + DRAIN_MARGIN_SECONDS, f"TTL {ttl}: drain {drain} too short"
+        assert drain >= ttl + ROUTE53_PROPAGATION_SECONDS + ceiling, f"TTL {ttl}: drain {drain} too short"
         assert drain + 3 <= stop <= FARGATE_MAX_STOP_TIMEOUT, f"TTL {ttl}: StopTimeout {stop}"
     assert env("name")["DRAIN_SECONDS"] == {"Fn::FindInMap": ["DrainByTtl", {"Ref": "RecordTtl"}, "DrainSeconds"]}
     assert container("name")["StopTimeout"] == {"Fn::FindInMap": ["DrainByTtl", {"Ref": "RecordTtl"}, "StopTimeout"]}
+
+
+def test_hello_refresh_ceiling_is_the_one_the_drain_assumes():
+    assert template("name")["Outputs"]["CallerDnsMaxTtl"]["Value"] == {
+        "Fn::FindInMap": ["Callers", "Hello", "DnsMaxTtlSeconds"]}
+    assert nested("HelloStack")["NameDnsMaxTtl"] == {"Fn::GetAtt": ["NameStack", "Outputs.CallerDnsMaxTtl"]}
+    assert env("hello")["DNS_MAX_TTL"] == {"Fn::Sub": "${NameDnsMaxTtl}s"}
+
+
+def test_namespace_negative_ttl_follows_the_record_ttl():
+    assert nested("ClusterStack")["NamespaceNegativeTtl"] == {"Ref": "NameRecordTtl"}
+    soa = template("cluster")["Resources"]["Namespace"]["Properties"]["Properties"]["DnsProperties"]["SOA"]
+    assert soa["TTL"] == {"Ref": "NamespaceNegativeTtl"}
+
+
+def test_elb_account_regions_are_the_mapping_regions():
+    hello = template("hello")
+    mapping = set(hello["Mappings"]["ElbLogDelivery"])
+    conditions = hello["Conditions"]
+    listed = set()
+    for group in ("ElbAccountRegionA", "ElbAccountRegionB", "ElbAccountRegionC"):
+        for equals in conditions[group]["Fn::Or"]:
+            (ref, region) = equals["Fn::Equals"]
+            assert ref == {"Ref": "AWS::Region"}
+            listed.add(region)
+    assert listed == mapping
+    # Jakarta is in AWS's table of ELB accounts (it was a service-principal Region here once).
+    assert hello["Mappings"]["ElbLogDelivery"]["ap-southeast-3"]["Account"] == "589379963580"

@@ -72,6 +72,22 @@ BROKEN_REAL_TEMPLATES = {
         "log_groups_retention_set"),
     "name open to a cidr": (
         "hello", lambda d: _name_ingress(d).update(CidrIp="10.0.0.0/16"), "name_ingress_only_from_hello"),
+    # The first deploy's failure: apostrophes EC2 rejects, in each place a description goes.
+    "apostrophe in a standalone ingress description": (
+        "hello", lambda d: _name_ingress(d).update(Description="From hello tasks on name's port"),
+        "ec2_descriptions_charset"),
+    "apostrophe in a standalone egress description": (
+        "hello", lambda d: d["Resources"]["HelloEgressToName"]["Properties"].update(Description="To name's tasks"),
+        "ec2_descriptions_charset"),
+    "apostrophe in an inline egress description": (
+        "name", lambda d: d["Resources"]["SecurityGroup"]["Properties"]["SecurityGroupEgress"][0].update(
+            Description="HTTPS to AWS's APIs"), "ec2_descriptions_charset"),
+    "apostrophe in a substituted group description": (
+        "name", lambda d: d["Resources"]["SecurityGroup"]["Properties"].update(
+            GroupDescription={"Fn::Sub": "${EnvironmentName} name's tasks"}), "ec2_descriptions_charset"),
+    "non-ASCII group description": (
+        "hello", lambda d: d["Resources"]["LoadBalancerSecurityGroup"]["Properties"].update(
+            GroupDescription="Load balancer \u2013 HTTP"), "ec2_descriptions_charset"),
 }
 
 

@@ -1,0 +1,427 @@
+"""What the AWS APIs enforce at deploy time and the linters do not check: the gate's
+deploy-constraint layer.
+
+cfn-lint checks the CloudFormation schema, cfn-guard and checkov check policy; none of them
+knows that EC2 rejects an apostrophe in a rule description, that Fargate refuses 1024 CPU
+units with 1024 MiB, or that a StopTimeout of 150 fails the task definition. Each check below
+names the API reference it comes from, evaluates every value a parameter allows (AllowedValues,
+or MinValue and MaxValue), and returns findings as strings; an empty list means it passes.
+Each has a fixture in tests/infra/fixtures/deploy/ that fails it and only it.
+
+Template checks take one parsed template (CfnLoader); documentation checks take the text of a
+README and the real templates. tests/infra/test_deploy_checks.py runs them all.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Iterator
+
+NO_VALUE = object()  # Ref AWS::NoValue: the property is absent
+
+
+class Unknown(Exception):
+    """A value the template cannot tell offline (a GetAtt, an import, a free parameter)."""
+
+
+# --- evaluating a property under every combination of the parameters it uses ----------------
+
+def _refs(node, doc: dict | None = None) -> set[str]:
+    """Names of the parameters (not pseudo parameters) a node refers to, Sub included, and
+    with `doc` those of the conditions its Fn::If and Condition name."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "Ref" and isinstance(value, str) and not value.startswith("AWS::"):
+                found.add(value)
+            elif doc is not None and key in ("Fn::If", "Condition"):
+                name = value[0] if key == "Fn::If" else value
+                found |= _refs(doc.get("Conditions", {}).get(name, {}), doc)
+                found |= _refs(value[1:] if key == "Fn::If" else [], doc)
+            elif key == "Fn::Sub":
+                text = value if isinstance(value, str) else value[0]
+                local = {} if isinstance(value, str) else value[1]
+                found |= {n for n in re.findall(r"\$\{([^}!]+)\}", text)
+                          if n not in local and "." not in n and not n.startswith("AWS::")}
+                found |= _refs(local, doc)
+            else:
+                found |= _refs(value, doc)
+    elif isinstance(node, list):
+        for value in node:
+            found |= _refs(value, doc)
+    return found
+
+
+def _allowed(doc: dict, name: str) -> list:
+    """Every value a parameter can take: its AllowedValues, or the ends of MinValue/MaxValue."""
+    param = doc.get("Parameters", {}).get(name)
+    if param is None:
+        raise Unknown(f"{name} is not a parameter")
+    if "AllowedValues" in param:
+        return list(param["AllowedValues"])
+    if "MinValue" in param and "MaxValue" in param:
+        return [param["MinValue"], param["MaxValue"]]
+    raise Unknown(f"parameter {name} has neither AllowedValues nor MinValue/MaxValue")
+
+
+def environments(doc: dict, *nodes) -> Iterator[dict]:
+    """Every combination of values of the parameters the nodes use."""
+    names = sorted(set().union(*(_refs(n, doc) for n in nodes)))
+    for combo in itertools.product(*(_allowed(doc, n) for n in names)):
+        yield dict(zip(names, combo))
+
+
+def evaluate(node, env: dict, doc: dict) -> list:
+    """The values a node can have given parameter values `env` (several when an Fn::If could
+    go either way)."""
+    if isinstance(node, (str, int, float, bool)):
+        return [node]
+    if isinstance(node, list):
+        return [list(c) for c in itertools.product(*(evaluate(v, env, doc) for v in node))]
+    if not isinstance(node, dict):
+        raise Unknown(f"cannot evaluate {node!r}")
+    if len(node) != 1 or not next(iter(node)).startswith(("Fn::", "Ref")):
+        keys = list(node)
+        return [dict(zip(keys, c)) for c in itertools.product(*(evaluate(node[k], env, doc) for k in keys))]
+    (fn, arg), = node.items()
+    if fn == "Ref":
+        if arg == "AWS::NoValue":
+            return [NO_VALUE]
+        if arg in env:
+            return [env[arg]]
+        raise Unknown(f"Ref {arg}")
+    if fn == "Fn::If":
+        holds = condition(doc["Conditions"][arg[0]], env, doc)
+        if holds is None:  # depends on something unknown offline (the Region, say): both
+            return evaluate(arg[1], env, doc) + evaluate(arg[2], env, doc)
+        return evaluate(arg[1] if holds else arg[2], env, doc)
+    if fn == "Fn::Split":
+        return [str(s).split(arg[0]) for s in evaluate(arg[1], env, doc)]
+    if fn == "Fn::Select":
+        return [lst[int(i)] for i in evaluate(arg[0], env, doc) for lst in evaluate(arg[1], env, doc)]
+    if fn == "Fn::FindInMap":
+        mapping = doc["Mappings"][arg[0]]
+        out = []
+        for top in evaluate(arg[1], env, doc):
+            for second in evaluate(arg[2], env, doc):
+                out.append(mapping[str(top)][str(second)])
+        return out
+    if fn == "Fn::Sub":
+        text = arg if isinstance(arg, str) else arg[0]
+        local = {} if isinstance(arg, str) else arg[1]
+
+        def fill(match):
+            name = match.group(1)
+            if name in local:
+                (value,) = evaluate(local[name], env, doc)
+                return str(value)
+            if name in env:
+                return str(env[name])
+            if name == "AWS::StackName":
+                return "hello-name"  # stack names are letters, digits and hyphens
+            raise Unknown(f"${{{name}}}")
+
+        return [re.sub(r"\$\{([^}!]+)\}", fill, text)]
+    raise Unknown(f"{fn} is not evaluated offline")
+
+
+def condition(expr, env: dict, doc: dict) -> bool | None:
+    """A condition's truth given parameter values `env`; None when it cannot be told offline."""
+    (fn, arg), = expr.items()
+    if fn == "Condition":
+        return condition(doc["Conditions"][arg], env, doc)
+    if fn == "Fn::Equals":
+        try:
+            (left,), (right,) = evaluate(arg[0], env, doc), evaluate(arg[1], env, doc)
+        except (Unknown, ValueError):
+            return None
+        return str(left) == str(right)
+    parts = [condition(c, env, doc) for c in arg]
+    if fn == "Fn::Not":
+        return None if parts[0] is None else not parts[0]
+    if fn == "Fn::And":
+        return False if False in parts else (None if None in parts else True)
+    if fn == "Fn::Or":
+        return True if True in parts else (None if None in parts else False)
+    raise Unknown(f"condition function {fn}")
+
+
+def values_of(doc: dict, node) -> list:
+    """Every value a node can take over all parameter combinations."""
+    out = []
+    for env in environments(doc, node):
+        out += evaluate(node, env, doc)
+    return out
+
+
+def resources(doc: dict, kind: str) -> Iterator[tuple[str, dict]]:
+    for logical_id, res in doc.get("Resources", {}).items():
+        if res.get("Type") == kind:
+            yield logical_id, res.get("Properties", {})
+
+
+# --- template checks ------------------------------------------------------------------------
+
+# Fargate's task sizes, from the RegisterTaskDefinition API, cpu and memory
+# (https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_RegisterTaskDefinition.html)
+# and https://docs.aws.amazon.com/AmazonECS/latest/developerguide/fargate-tasks-services.html
+FARGATE_MEMORY_BY_CPU = {
+    256: {512, 1024, 2048},
+    512: set(range(1024, 4096 + 1, 1024)),
+    1024: set(range(2048, 8192 + 1, 1024)),
+    2048: set(range(4096, 16384 + 1, 1024)),
+    4096: set(range(8192, 30720 + 1, 1024)),
+    8192: set(range(16384, 61440 + 1, 4096)),
+    16384: set(range(32768, 122880 + 1, 8192)),
+}
+
+
+def fargate_cpu_memory_pairs(doc: dict) -> list[str]:
+    """A Fargate task definition's Cpu and Memory, for every parameter value, are a pair
+    Fargate accepts; a pair it rejects fails RegisterTaskDefinition ("Invalid 'cpu' setting
+    for task", https://docs.aws.amazon.com/AmazonECS/latest/developerguide/task-cpu-memory-error.html)."""
+    findings = []
+    for logical_id, props in resources(doc, "AWS::ECS::TaskDefinition"):
+        if "FARGATE" not in props.get("RequiresCompatibilities", []):
+            continue
+        if "Cpu" not in props or "Memory" not in props:
+            findings.append(f"{logical_id}: a Fargate task needs task-level Cpu and Memory")
+            continue
+        try:
+            for env in environments(doc, props["Cpu"], props["Memory"]):
+                for cpu in evaluate(props["Cpu"], env, doc):
+                    for memory in evaluate(props["Memory"], env, doc):
+                        if int(memory) not in FARGATE_MEMORY_BY_CPU.get(int(cpu), set()):
+                            findings.append(f"{logical_id}: Fargate rejects {cpu} CPU with {memory} MiB ({env})")
+        except (Unknown, ValueError) as e:
+            findings.append(f"{logical_id}: Cpu/Memory cannot be checked offline: {e}")
+    return findings
+
+
+# ContainerDefinition.stopTimeout: "For tasks using the Fargate launch type, the max stop
+# timeout value is 120 seconds"
+# (https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_ContainerDefinition.html).
+FARGATE_MAX_STOP_TIMEOUT = 120
+
+
+def ecs_stop_timeout_max(doc: dict) -> list[str]:
+    """Every container's StopTimeout, for every parameter value, is within 0..120 s."""
+    findings = []
+    for logical_id, props in resources(doc, "AWS::ECS::TaskDefinition"):
+        for container in props.get("ContainerDefinitions", []):
+            if "StopTimeout" not in container:
+                continue
+            try:
+                for value in values_of(doc, container["StopTimeout"]):
+                    if not 0 <= int(value) <= FARGATE_MAX_STOP_TIMEOUT:
+                        findings.append(f"{logical_id}/{container.get('Name')}: StopTimeout {value} > 120")
+            except (Unknown, ValueError) as e:
+                findings.append(f"{logical_id}: StopTimeout cannot be checked offline: {e}")
+    return findings
+
+
+# Cloud Map DnsRecord: Type A, AAAA, A and AAAA, SRV or CNAME; TTL a long from 0 to
+# 2147483647 (https://docs.aws.amazon.com/cloud-map/latest/api/API_DnsRecord.html); CNAME only
+# with the WEIGHTED routing policy (same page) and never with HealthCheckConfig; SOA TTL the same
+# range (https://docs.aws.amazon.com/cloud-map/latest/api/API_SOA.html).
+DNS_TTL_MAX = 2147483647
+DNS_RECORD_SETS = [{"A"}, {"AAAA"}, {"A", "AAAA"}, {"SRV"}, {"CNAME"}]
+
+
+def cloudmap_dns_records(doc: dict) -> list[str]:
+    """Cloud Map record types, their combinations and TTLs, and namespace SOA TTLs, for every
+    parameter value, are ones the Cloud Map API accepts."""
+    findings = []
+    for logical_id, props in resources(doc, "AWS::ServiceDiscovery::Service"):
+        dns = props.get("DnsConfig")
+        if not dns:
+            continue
+        records = dns.get("DnsRecords", [])
+        try:
+            for env in environments(doc, records, dns.get("RoutingPolicy", "")):
+                for recs in evaluate(records, env, doc):
+                    types = {r["Type"] for r in recs}
+                    if types not in DNS_RECORD_SETS or len(types) != len(recs):
+                        findings.append(f"{logical_id}: record types {sorted(types)} are not a combination Cloud Map accepts")
+                    for r in recs:
+                        if not isinstance(r["TTL"], int) or not 0 <= r["TTL"] <= DNS_TTL_MAX:
+                            findings.append(f"{logical_id}: TTL {r['TTL']!r} outside 0..{DNS_TTL_MAX}")
+                    for policy in evaluate(dns.get("RoutingPolicy", "MULTIVALUE"), env, doc):
+                        if "CNAME" in types and (policy != "WEIGHTED" or "HealthCheckConfig" in props):
+                            findings.append(f"{logical_id}: CNAME records need WEIGHTED routing and no HealthCheckConfig")
+        except (Unknown, KeyError) as e:
+            findings.append(f"{logical_id}: DnsConfig cannot be checked offline: {e}")
+    for kind in ("AWS::ServiceDiscovery::PrivateDnsNamespace", "AWS::ServiceDiscovery::PublicDnsNamespace"):
+        for logical_id, props in resources(doc, kind):
+            soa = props.get("Properties", {}).get("DnsProperties", {}).get("SOA")
+            if soa is None:
+                continue
+            try:
+                for ttl in values_of(doc, soa["TTL"]):
+                    if not isinstance(ttl, int) or not 0 <= ttl <= DNS_TTL_MAX:
+                        findings.append(f"{logical_id}: SOA TTL {ttl!r} outside 0..{DNS_TTL_MAX}")
+            except Unknown as e:
+                findings.append(f"{logical_id}: SOA TTL cannot be checked offline: {e}")
+    return findings
+
+
+# The load balancer tests the process, never its dependencies (DESIGN.md, behaviour contract):
+# the target group's health check path is the services' liveness route. ECS replaces a task
+# its load balancer calls unhealthy
+# (https://docs.aws.amazon.com/AmazonECS/latest/developerguide/load-balancer-healthcheck.html),
+# and hello's /readyz is 503 whenever no name endpoint is known.
+LIVENESS_PATH = "/healthz"
+
+
+def alb_health_check_liveness(doc: dict) -> list[str]:
+    """Every target group health-checks the liveness route."""
+    findings = []
+    for logical_id, props in resources(doc, "AWS::ElasticLoadBalancingV2::TargetGroup"):
+        path = props.get("HealthCheckPath")
+        if path != LIVENESS_PATH:
+            findings.append(f"{logical_id}: HealthCheckPath {path!r}, not the liveness route {LIVENESS_PATH}")
+    return findings
+
+
+# The character set of EC2 security-group and rule descriptions
+# (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_CreateSecurityGroup.html,
+# https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_IpRange.html). The cfn-guard rule
+# ec2_descriptions_charset holds the written text to it; this check holds what Fn::Sub puts in.
+EC2_DESCRIPTION = re.compile(r"^[a-zA-Z0-9 ._\-:/()#,@\[\]+=&;{}!$*]{0,255}$")
+
+
+def _descriptions(doc: dict) -> Iterator[tuple[str, object]]:
+    for logical_id, props in resources(doc, "AWS::EC2::SecurityGroup"):
+        if "GroupDescription" in props:
+            yield logical_id, props["GroupDescription"]
+        for key in ("SecurityGroupIngress", "SecurityGroupEgress"):
+            for i, rule in enumerate(props.get(key, [])):
+                if "Description" in rule:
+                    yield f"{logical_id}.{key}[{i}]", rule["Description"]
+    for kind in ("AWS::EC2::SecurityGroupIngress", "AWS::EC2::SecurityGroupEgress"):
+        for logical_id, props in resources(doc, kind):
+            if "Description" in props:
+                yield logical_id, props["Description"]
+
+
+# Characters outside the set, appended to a parameter's Default to probe its AllowedPattern.
+PROBE_CHARACTERS = "'\"<>%?\\^`|~é"
+
+
+def ec2_description_substitutions(doc: dict) -> list[str]:
+    """What Fn::Sub substitutes into a description stays within EC2's character set: a
+    parameter it names has AllowedValues within the set, or an AllowedPattern that refuses
+    every character outside it."""
+    findings = []
+    for where, description in _descriptions(doc):
+        for name in sorted(_refs(description)):
+            param = doc.get("Parameters", {}).get(name, {})
+            if "AllowedValues" in param:
+                bad = [v for v in param["AllowedValues"] if not EC2_DESCRIPTION.match(str(v))]
+                if bad:
+                    findings.append(f"{where}: parameter {name} allows {bad}")
+                continue
+            pattern, sample = param.get("AllowedPattern"), param.get("Default")
+            if pattern is None:
+                findings.append(f"{where}: parameter {name} substituted into a description has no AllowedPattern")
+                continue
+            sample = sample if isinstance(sample, str) and sample else "a"
+            let_through = [c for c in PROBE_CHARACTERS if re.fullmatch(pattern, sample + c)]
+            if let_through:
+                findings.append(f"{where}: parameter {name}'s AllowedPattern lets through {let_through}")
+        if not isinstance(description, str):
+            try:
+                for value in values_of(doc, description):
+                    if not EC2_DESCRIPTION.match(str(value)):
+                        findings.append(f"{where}: description {value!r} has characters EC2 rejects")
+            except Unknown:
+                pass  # each named parameter was judged above
+    return findings
+
+
+# ECS ServiceRegistry: "If the task definition that your service task specifies uses the awsvpc
+# network mode and a type SRV DNS record is used, you must specify a containerName and
+# containerPort combination or a port value. However, you can't specify both."
+# (https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_ServiceRegistry.html)
+
+
+def ecs_srv_registries_name_a_port(doc: dict) -> list[str]:
+    """Whenever the Cloud Map service an ECS service registers in publishes SRV records (for
+    every parameter value), its ServiceRegistries entry gives ContainerName and ContainerPort,
+    or Port, and not both."""
+    findings = []
+    discovery = dict(resources(doc, "AWS::ServiceDiscovery::Service"))
+    for logical_id, props in resources(doc, "AWS::ECS::Service"):
+        for entry in props.get("ServiceRegistries", []):
+            target = entry.get("RegistryArn", {}).get("Fn::GetAtt", [None])[0]
+            if target not in discovery:
+                continue
+            records = discovery[target].get("DnsConfig", {}).get("DnsRecords", [])
+            entry = {k: v for k, v in entry.items() if k in ("ContainerName", "ContainerPort", "Port")}
+            try:
+                for env in environments(doc, records, entry):
+                    types = {r["Type"] for recs in evaluate(records, env, doc) for r in recs}
+                    if "SRV" not in types:
+                        continue
+                    for resolved in evaluate(entry, env, doc):
+                        present = {k for k, v in resolved.items() if v is not NO_VALUE}
+                        pair = {"ContainerName", "ContainerPort"} <= present
+                        if pair == ("Port" in present):
+                            findings.append(f"{logical_id}: SRV records need ContainerName and ContainerPort, "
+                                            f"or Port, not both ({env})")
+            except (Unknown, KeyError) as e:
+                findings.append(f"{logical_id}: ServiceRegistries cannot be checked offline: {e}")
+    return findings
+
+
+TEMPLATE_CHECKS: dict[str, Callable[[dict], list[str]]] = {
+    f.__name__: f for f in (
+        fargate_cpu_memory_pairs,
+        ecs_stop_timeout_max,
+        cloudmap_dns_records,
+        alb_health_check_liveness,
+        ec2_description_substitutions,
+        ecs_srv_registries_name_a_port,
+    )
+}
+
+
+# --- documentation checks -------------------------------------------------------------------
+
+def documented_parameter_names(text: str, known: set[str]) -> set[str]:
+    """Parameters a README names: `Key=Value` overrides anywhere, and backticked names that are
+    a parameter of some template (`Cpu`, `MinCapacity`)."""
+    overrides = set(re.findall(r"(?<![\w/.-])([A-Z][a-z][A-Za-z0-9]*)=(?!=)", text))
+    overrides.discard("Key")  # the placeholder in "Key=Value"
+    quoted = set(re.findall(r"`([A-Z][A-Za-z0-9]+)`", text)) & known
+    return overrides | quoted
+
+
+def documented_parameters_reachable(text: str, parent: dict, children: dict[str, dict]) -> list[str]:
+    """Every parameter a README names exists in parent.yml and reaches a nested stack (or a
+    resource of the parent): `sam deploy` silently drops an override the parent does not have
+    (parameter overrides are matched by name to the template's Parameters,
+    https://docs.aws.amazon.com/AWSCloudFormation/latest/APIReference/API_Parameter.html)."""
+    known = set(parent.get("Parameters", {}))
+    for child in children.values():
+        known |= set(child.get("Parameters", {}))
+    used = _refs(parent.get("Resources", {})) | _refs(parent.get("Rules", {}))
+    findings = []
+    for name in sorted(documented_parameter_names(text, known)):
+        if name not in parent.get("Parameters", {}):
+            findings.append(f"{name} is documented but parent.yml has no such parameter")
+        elif name not in used:
+            findings.append(f"{name} is a parameter of parent.yml that no nested stack receives")
+    return findings
+
+
+def every_parent_parameter_documented(text: str, parent: dict, children: dict[str, dict]) -> list[str]:
+    """infra/README.md names every parameter of parent.yml (in its parameter table)."""
+    return [f"parent.yml parameter {name} is not documented"
+            for name in parent.get("Parameters", {}) if f"`{name}`" not in text]
+
+
+DOC_CHECKS: dict[str, Callable[[str, dict, dict], list[str]]] = {
+    f.__name__: f for f in (documented_parameters_reachable, every_parent_parameter_documented)
+}

@@ -1,0 +1,111 @@
+"""The deploy-constraint layer (deploy_checks.py): the real templates and READMEs pass every
+check, every check has a fixture that fails it and only it, and the templates' old defects put
+back fail the check written for them."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+import deploy_checks
+from conftest import FIXTURES, INFRA, ROOT, TEMPLATE_NAMES, load, template
+
+DEPLOY_FIXTURES = FIXTURES / "deploy"
+CHILDREN = ("vpc", "cluster", "name", "hello")
+
+
+def children() -> dict[str, dict]:
+    return {name: template(name) for name in CHILDREN}
+
+
+@pytest.mark.parametrize("check", sorted(deploy_checks.TEMPLATE_CHECKS))
+@pytest.mark.parametrize("name", TEMPLATE_NAMES)
+def test_real_template_passes(name, check):
+    assert deploy_checks.TEMPLATE_CHECKS[check](template(name)) == []
+
+
+@pytest.mark.parametrize("readme", ["README.md", "infra/README.md"])
+def test_documented_parameters_reach_the_nested_stacks(readme):
+    text = (ROOT / readme).read_text(encoding="utf-8")
+    assert deploy_checks.documented_parameters_reachable(text, template("parent"), children()) == []
+
+
+def test_infra_readme_documents_every_parent_parameter():
+    text = (INFRA / "README.md").read_text(encoding="utf-8")
+    assert deploy_checks.every_parent_parameter_documented(text, template("parent"), children()) == []
+
+
+def test_every_check_has_a_fixture_and_every_fixture_a_check():
+    fixtures = {p.stem for p in DEPLOY_FIXTURES.iterdir()}
+    assert fixtures == set(deploy_checks.TEMPLATE_CHECKS) | set(deploy_checks.DOC_CHECKS)
+
+
+@pytest.mark.parametrize("check", sorted(deploy_checks.TEMPLATE_CHECKS))
+def test_template_fixture_fails_exactly_its_check(check):
+    doc = load(DEPLOY_FIXTURES / f"{check}.yml")
+    failed = sorted(name for name, fn in deploy_checks.TEMPLATE_CHECKS.items() if fn(doc))
+    assert failed == [check]
+
+
+@pytest.mark.parametrize("check", sorted(deploy_checks.DOC_CHECKS))
+def test_doc_fixture_fails_exactly_its_check(check):
+    text = (DEPLOY_FIXTURES / f"{check}.md").read_text(encoding="utf-8")
+    failed = sorted(name for name, fn in deploy_checks.DOC_CHECKS.items()
+                    if fn(text, template("parent"), children()))
+    assert check in failed
+    # The reachability check has nothing to say about a doc that names only real parameters.
+    if check == "every_parent_parameter_documented":
+        assert "documented_parameters_reachable" not in failed
+
+
+def _broken(name: str, mutate) -> dict:
+    doc = copy.deepcopy(template(name))
+    mutate(doc)
+    return doc
+
+
+def _set_task_size(doc):
+    props = doc["Resources"]["TaskDefinition"]["Properties"]
+    doc["Parameters"]["TaskSize"]["AllowedValues"].append("1024/1024")
+    return props
+
+
+OLD_DEFECTS = {
+    # The issue's findings, put back into today's templates one at a time.
+    "1024 CPU with 1024 MiB": ("name", _set_task_size, "fargate_cpu_memory_pairs"),
+    "TTL 60 with drain TTL + 90": (
+        "name", lambda d: (d["Parameters"]["RecordTtl"]["AllowedValues"].append(60),
+                           d["Mappings"]["DrainByTtl"].update({"60": {"DrainSeconds": "150", "StopTimeout": 155}})),
+        "ecs_stop_timeout_max"),
+    "load balancer checks /readyz": (
+        "hello", lambda d: d["Resources"]["TargetGroup"]["Properties"].update(HealthCheckPath="/readyz"),
+        "alb_health_check_liveness"),
+    "record type CNAME with MULTIVALUE": (
+        "name", lambda d: d["Parameters"]["RecordType"]["AllowedValues"].append("CNAME"), "cloudmap_dns_records"),
+    "negative SOA TTL": (
+        "cluster", lambda d: d["Parameters"]["NamespaceNegativeTtl"]["AllowedValues"].append(-1),
+        "cloudmap_dns_records"),
+    "SRV registration without the container": (
+        "name", lambda d: d["Resources"]["Service"]["Properties"]["ServiceRegistries"][0].pop("ContainerName"),
+        "ecs_srv_registries_name_a_port"),
+    "SRV registration with both a port and the container": (
+        "name", lambda d: d["Resources"]["Service"]["Properties"]["ServiceRegistries"][0].update(
+            Port={"Ref": "ContainerPort"}), "ecs_srv_registries_name_a_port"),
+    "stack name pattern lets an apostrophe through": (
+        "hello", lambda d: d["Parameters"]["EnvironmentName"].update(AllowedPattern="^.+$"),
+        "ec2_description_substitutions"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OLD_DEFECTS))
+def test_old_defect_in_real_template_fails(case):
+    name, mutate, check = OLD_DEFECTS[case]
+    assert deploy_checks.TEMPLATE_CHECKS[check](_broken(name, mutate)) != []
+
+
+def test_parameter_the_parent_does_not_pass_down_fails():
+    parent = copy.deepcopy(template("parent"))
+    del parent["Resources"]["NameStack"]["Properties"]["Parameters"]["TaskSize"]
+    text = "scripts/infra-deploy NameTaskSize=512/1024"
+    assert deploy_checks.documented_parameters_reachable(text, parent, children()) != []

@@ -1,0 +1,212 @@
+"""A rehearsal of scripts/infra-deploy and scripts/infra-teardown against moto's server, a local
+AWS API emulator, on 127.0.0.1: the real scripts, the real AWS CLI and SAM CLI, no AWS account.
+
+What moto 5.2.5 covers and this exercises: STS GetCallerIdentity; ECR CreateRepository,
+DescribeRepositories, PutLifecyclePolicy, GetLifecyclePolicy, PutImage (standing in for
+`docker push`), DescribeImages, DeleteRepository; S3 bucket and object calls (SAM's packaging
+of nested templates, a versioned bucket emptied by ListObjectVersions and DeleteObjects);
+CloudFormation CreateChangeSet, ExecuteChangeSet, DescribeStacks, ListStackResources on the
+parent and its nested stacks, DeleteStack and its waiter; ELBv2 ModifyLoadBalancerAttributes.
+
+What it cannot: infra/parent.yml itself (moto does not evaluate Fn::Cidr and cannot read a
+nested stack's outputs with Fn::GetAtt), so the stacks here come from
+tests/infra/fixtures/rehearsal; a create that fails into ROLLBACK_COMPLETE (moto answers 500
+instead); deletion protection (moto deletes a protected load balancer anyway); SAM's managed
+bucket (`--resolve-s3`: moto's stack lacks the tags SAM checks), hence --s3-bucket; docker
+build and push, hence --skip-push; and the outputs of a stack created through a change set
+(moto's DescribeStacks has none for it), so the deploy here ends at "the stack has no HelloUrl
+output" and never prints the URL, and teardown works on a stack without outputs, as after a
+failed create.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+VENVS = ROOT / ".venv"
+REHEARSAL = Path(__file__).resolve().parent / "fixtures" / "rehearsal"
+REGION = "us-east-1"
+ARTIFACTS = "rehearsal-artifacts"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def aws_env():
+    """moto's server on a free port of 127.0.0.1, and the environment that points the AWS CLI
+    and the SAM CLI at it with dummy credentials."""
+    server = VENVS / "moto" / "bin" / "moto_server"
+    for tool in (server, VENVS / "aws" / "bin" / "aws", VENVS / "sam" / "bin" / "sam"):
+        assert tool.exists(), f"{tool} is missing: run scripts/infra-setup"
+    port = _free_port()
+    proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "moto_server did not start"
+            time.sleep(0.1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        # S3 by the name localhost (still the loopback address): moto finds the bucket of a
+        # TemplateURL only in http://localhost:<port>/<bucket>/<key> URLs.
+        AWS_ENDPOINT_URL_S3=f"http://localhost:{port}",
+        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",  # dummies, moto's own
+        AWS_DEFAULT_REGION=REGION, AWS_REGION=REGION,
+        AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        AWS_EC2_METADATA_DISABLED="true", SAM_CLI_TELEMETRY="0",
+        SAM_CLI_POLL_DELAY="1",  # moto answers at once; SAM would wait 5 s between polls
+        NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
+        PATH=f"{VENVS / 'aws' / 'bin'}:{VENVS / 'sam' / 'bin'}:{env.get('PATH', '')}",
+    )
+    try:
+        aws(env, "s3api", "create-bucket", "--bucket", ARTIFACTS)
+        yield env
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def aws(env: dict, *args: str):
+    """An AWS CLI call against moto; its JSON answer."""
+    proc = subprocess.run(["aws", "--output", "json", *args], env=env, capture_output=True,
+                          text=True, check=False, timeout=60)
+    assert proc.returncode == 0, f"aws {' '.join(args)}: {proc.stderr}"
+    return json.loads(proc.stdout) if proc.stdout.strip() else None
+
+
+def script(env: dict, name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(ROOT / "scripts" / name), *args], env=env, capture_output=True,
+                          text=True, check=False, timeout=180, stdin=subprocess.DEVNULL)
+
+
+def deploy(env: dict, stack: str, *args: str, template: Path = REHEARSAL / "parent.yml"):
+    return script(env, "infra-deploy", "--stack-name", stack, "--arch", "X86_64", "--skip-push",
+                  "--s3-bucket", ARTIFACTS, "--template", str(template), *args)
+
+
+def push_fake_images(env: dict, stack: str, tag: str) -> None:
+    """What `docker push` would leave in ECR: a manifest under the tag."""
+    for service in ("name", "hello"):
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 2,
+                       "digest": "sha256:" + service.encode().hex().ljust(64, "0")},
+            "layers": [],
+        }
+        aws(env, "ecr", "put-image", "--repository-name", f"{stack}/{service}", "--image-tag", tag,
+            "--image-manifest", json.dumps(manifest))
+
+
+def nested_resources(env: dict, stack: str) -> list[tuple[str, str]]:
+    found = []
+    for r in aws(env, "cloudformation", "list-stack-resources", "--stack-name", stack)["StackResourceSummaries"]:
+        found.append((r["ResourceType"], r["PhysicalResourceId"]))
+        if r["ResourceType"] == "AWS::CloudFormation::Stack":
+            found += nested_resources(env, r["PhysicalResourceId"])
+    return found
+
+
+def fill_bucket(env: dict, bucket: str) -> None:
+    """Two versions of an access-log file, as the load balancer would leave them."""
+    for _ in range(2):
+        aws(env, "s3api", "put-object", "--bucket", bucket, "--key", "alb/AWSLogs/log.gz", "--body", __file__)
+
+
+def buckets(env: dict) -> set[str]:
+    return {b["Name"] for b in aws(env, "s3api", "list-buckets")["Buckets"]}
+
+
+def stack_statuses(env: dict) -> dict[str, str]:
+    return {s["StackName"]: s["StackStatus"] for s in aws(env, "cloudformation", "list-stacks")["StackSummaries"]}
+
+
+# --- before any AWS call ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["--tag", "Release1"], "--tag 'Release1-x86_64': up to 128 lower-case letters"),
+    (["Cpu=512"], "Cpu is not a parameter of parent.yml (sam deploy would drop it silently)"),
+    (["NameImageUri=x"], "NameImageUri is set by infra-deploy"),
+    (["NameRecordType=CNAME"], "NameRecordType must be A or SRV, not CNAME"),
+])
+def test_deploy_refuses_bad_input_before_any_aws_call(aws_env, args, message):
+    env = dict(aws_env, AWS_ENDPOINT_URL="http://127.0.0.1:9")  # nothing listens: any call would fail
+    result = script(env, "infra-deploy", "--skip-push", *args)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"infra-deploy: error: {message}"), result.stderr
+
+
+# --- deploy, refuse a record-type change, tear down -----------------------------------------
+
+def test_deploy_then_teardown(aws_env):
+    stack = "rehearsal"
+    # No image under the tag yet: the script made the repositories, with their lifecycle
+    # policy, and named the tag it derived from the build inputs.
+    missing = deploy(aws_env, stack)
+    assert missing.returncode == 1
+    line = missing.stderr.strip().splitlines()[-1]
+    tag = re.fullmatch(r"infra-deploy: error: name: no image rehearsal/name:(src-[0-9a-f]{16}-x86_64) in ECR, "
+                       r"and --skip-push builds none", line)
+    assert tag, missing.stderr
+    policy = json.loads(aws(aws_env, "ecr", "get-lifecycle-policy", "--repository-name",
+                            f"{stack}/hello")["lifecyclePolicyText"])
+    assert policy["rules"][0]["selection"]["countType"] == "imageCountMoreThan"
+
+    push_fake_images(aws_env, stack, tag.group(1))
+    done = deploy(aws_env, stack)  # the same inputs give the same tag: both images are found
+    assert f"name: {tag.group(1)} already in ECR" in done.stderr, done.stderr
+    # The stack is created; moto gives a stack made through a change set no outputs, so the
+    # script stops where it reads the URL, as it would after a create that left none.
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "infra-deploy: error: the stack has no HelloUrl output"), done.stderr
+    (described,) = aws(aws_env, "cloudformation", "describe-stacks", "--stack-name", stack)["Stacks"]
+    assert described["StackStatus"] == "CREATE_COMPLETE"
+    params = {p["ParameterKey"]: p["ParameterValue"] for p in described["Parameters"]}
+    assert "/rehearsal/name@sha256:" in params["NameImageUri"]  # pinned by digest, not by tag
+    resources = nested_resources(aws_env, stack)
+    assert [kind for kind, _ in resources].count("AWS::CloudFormation::Stack") == 2
+
+    refused = deploy(aws_env, stack, "NameRecordType=SRV")
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1].startswith(
+        "infra-deploy: error: NameRecordType cannot change from A to SRV on an existing stack")
+
+    (bucket,) = [pid for kind, pid in resources if kind == "AWS::S3::Bucket"]
+    (balancer,) = [pid for kind, pid in resources if kind == "AWS::ElasticLoadBalancingV2::LoadBalancer"]
+    fill_bucket(aws_env, bucket)
+
+    gone = script(aws_env, "infra-teardown", "--stack-name", stack)
+    assert gone.returncode == 0, gone.stderr
+    assert f"turning off deletion protection and access logging of {balancer}" in gone.stderr
+    assert f"emptying s3://{bucket}" in gone.stderr
+    assert stack_statuses(aws_env)[stack] == "DELETE_COMPLETE"
+    assert bucket not in buckets(aws_env)  # moto keeps a bucket that still holds objects
+    repos = aws(aws_env, "ecr", "describe-repositories")["repositories"]
+    assert not [r for r in repos if r["repositoryName"].startswith(f"{stack}/")]
+
+
+def test_teardown_of_no_stack_says_so(aws_env):
+    result = script(aws_env, "infra-teardown", "--stack-name", "never-deployed", "--keep-images")
+    assert result.returncode == 0
+    assert "infra-teardown: no stack never-deployed in us-east-1" in result.stderr
