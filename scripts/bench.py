@@ -148,8 +148,9 @@ def thread_names(pid: int) -> list[str]:
     return names
 
 
-def established_to_port(pid: int, port: int) -> int:
-    """ESTABLISHED TCP connections of `pid` whose remote port is `port`."""
+def established_to_port(pid: int, port: int) -> tuple[int, int]:
+    """ESTABLISHED TCP connections of `pid` whose remote port is `port`, and how many distinct
+    remote addresses they go to."""
     inodes = set()
     fd_dir = Path(f"/proc/{pid}/fd")
     try:
@@ -161,8 +162,9 @@ def established_to_port(pid: int, port: int) -> int:
             if target.startswith("socket:["):
                 inodes.add(target[8:-1])
     except OSError:
-        return 0
+        return 0, 0
     count = 0
+    remotes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -171,9 +173,11 @@ def established_to_port(pid: int, port: int) -> int:
         for line in lines:
             cols = line.split()
             if len(cols) > 9 and cols[3] == "01" and cols[9] in inodes:
-                if int(cols[2].rsplit(":", 1)[1], 16) == port:
+                remote, remote_port = cols[2].rsplit(":", 1)
+                if int(remote_port, 16) == port:
                     count += 1
-    return count
+                    remotes.add(remote)
+    return count, len(remotes)
 
 
 def loadavg() -> str:
@@ -470,6 +474,7 @@ class Cell:
     peak_rss_kb: int = 0
     dns_queries: int | None = None
     upstream_conns: int | None = None
+    upstream_endpoints: int | None = None  # distinct backend addresses connected to
     rss_under_load_kb: int = 0
 
 
@@ -543,11 +548,13 @@ def measure(load: Load, backend: str, proxy: str, target_pid: int, addr: str, po
     reset_peak_rss(target_pid)
     q0 = dns_query_count(querylog) if querylog else 0
     cpu0 = cpu_seconds(target_pid)
-    peak_conns = [0]
+    peak_conns = [0, 0]
 
     def sample() -> None:
         if backend_port is not None:
-            peak_conns[0] = max(peak_conns[0], established_to_port(target_pid, backend_port))
+            conns_now, remotes = established_to_port(target_pid, backend_port)
+            peak_conns[0] = max(peak_conns[0], conns_now)
+            peak_conns[1] = max(peak_conns[1], remotes)
 
     info = load.run(addr, port, conns, duration, sample)
     cpu1 = cpu_seconds(target_pid)
@@ -568,6 +575,7 @@ def measure(load: Load, backend: str, proxy: str, target_pid: int, addr: str, po
         cell.dns_queries = dns_query_count(querylog) - q0
     if backend_port is not None:
         cell.upstream_conns = peak_conns[0]
+        cell.upstream_endpoints = peak_conns[1]
     log(f"{backend:6} {proxy:7} c{conns:<3} {cell.rps:10.0f} req/s  p50 {cell.p50_us} us  "
         f"p99 {cell.p99_us} us  max {cell.max_us} us  cpu {cell.cpu_us_per_req:.1f} us/req"
         + (f"  errors: {cell.errors}" if cell.errors else ""))
@@ -589,13 +597,19 @@ class Profile:
 
 
 def callgrind_total(path: Path) -> int:
+    """The file's `totals:` line (its `summary:` says 0 when collection started switched off)."""
+    totals = summary = None
     for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("summary:") or line.startswith("totals:"):
-            return int(line.split()[1])
-    raise BenchError(f"no totals in {path}")
+        if line.startswith("totals:"):
+            totals = int(line.split()[1])
+        elif line.startswith("summary:"):
+            summary = int(line.split()[1])
+    if totals is None and summary is None:
+        raise BenchError(f"no totals in {path}")
+    return totals if totals is not None else summary
 
 
-def callgrind_control(pid: int, command: str, child_env: dict[str, str]) -> bool:
+def callgrind_control(pid: int, command: list[str], child_env: dict[str, str]) -> bool:
     # valgrind names its vgdb pipes after $HOST, which hello's settings use too: give
     # callgrind_control the child's value or it looks for pipes that do not exist.
     env = dict(os.environ)
@@ -603,7 +617,7 @@ def callgrind_control(pid: int, command: str, child_env: dict[str, str]) -> bool
     if "HOST" in child_env:
         env["HOST"] = child_env["HOST"]
     try:
-        res = subprocess.run(["callgrind_control", command, str(pid)], capture_output=True,
+        res = subprocess.run(["callgrind_control", *command, str(pid)], capture_output=True,
                              text=True, timeout=30, env=env)
     except subprocess.TimeoutExpired:
         log(f"callgrind_control {command} {pid} timed out")
@@ -616,12 +630,15 @@ def callgrind_control(pid: int, command: str, child_env: dict[str, str]) -> bool
 
 def run_callgrind(children: Children, kind: str, setup: Setup, dns_name: str, bins: Path,
                   work: Path, out_dir: Path, requests: int, warmup: int, workers: str) -> Profile:
-    """Instructions per request of `kind` under callgrind: warm up, zero the counters, send
-    `requests` sequential keep-alive requests, dump. Where callgrind_control cannot reach the
-    process, falls back to the difference between a run with and one without the requests."""
+    """Instructions per request of `kind` under callgrind: started with collection off, warmed
+    up, collection switched on for `requests` sequential keep-alive requests and off again, then
+    stopped, so the profile holds those requests only. (Zeroing or dumping in the middle of a
+    run leaves the calls then in progress misattributed by callgrind_annotate.) Where
+    callgrind_control cannot reach the process, falls back to the difference between a run
+    with and one without the requests."""
     prof = Profile(kind, requests)
 
-    def one_run(measured: int, tag: str) -> tuple[int, Path | None, bool]:
+    def one_run(measured: int, tag: str, toggle: bool) -> tuple[int, Path, bool]:
         outfile = out_dir / f"callgrind.{kind}.{tag}.out"
         for old in out_dir.glob(f"callgrind.{kind}.{tag}.out*"):
             old.unlink()
@@ -634,32 +651,34 @@ def run_callgrind(children: Children, kind: str, setup: Setup, dns_name: str, bi
             env = {}
             addr = HAPROXY_ADDR
         vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={outfile}",
-              "--dump-instr=no", "--collect-jumps=no", *argv]
-        proc = children.start(f"callgrind-{kind}", vg, env=env)
+              "--dump-instr=no", "--collect-jumps=no"]
+        if toggle:
+            vg.append("--instr-atstart=no")
+        proc = children.start(f"callgrind-{kind}", [*vg, *argv], env=env)
+        toggled = False
         try:
             wait_for_200(addr, setup.proxy_port, 90, proc, interval=0.1)
             keepalive_requests(addr, setup.proxy_port, warmup, 120)
-            zeroed = False
-            if measured:
-                zeroed = callgrind_control(proc.pid, "-z", env)
+            if toggle:
+                toggled = callgrind_control(proc.pid, ["-i", "on"], env)
+            if measured and (toggled or not toggle):
                 keepalive_requests(addr, setup.proxy_port, measured, 600)
-                zeroed = zeroed and callgrind_control(proc.pid, "-d", env)
+            if toggled:
+                toggled = callgrind_control(proc.pid, ["-i", "off"], env)
         finally:
             children.stop(proc, signal.SIGTERM, wait=60)
-        if zeroed:
-            dumps = sorted(out_dir.glob(f"callgrind.{kind}.{tag}.out.*"))
-            if dumps:
-                return callgrind_total(dumps[0]), dumps[0], True
-        return callgrind_total(outfile), outfile, False
+        return callgrind_total(outfile), outfile, toggled
 
-    total, path, isolated = one_run(requests, "run")
+    total, path, isolated = one_run(requests, "run", toggle=True)
     if isolated:
         prof.instructions = total
-        prof.method = "callgrind_control: counters zeroed after warm-up, dumped after the requests"
+        prof.method = "collection switched on after warm-up and off after the requests"
     else:
-        base, _, _ = one_run(0, "base")
+        total, path, _ = one_run(requests, "run", toggle=False)
+        base, _, _ = one_run(0, "base", toggle=False)
         prof.instructions = total - base
-        prof.method = "difference between runs with and without the requests (startup cancels)"
+        prof.method = ("difference between runs with and without the requests (startup cancels; "
+                       "the profile includes startup)")
     prof.per_request = prof.instructions / requests
     prof.profile_file = str(path)
     annotate = out_dir / f"callgrind.{kind}.top.txt"
@@ -767,11 +786,12 @@ def callgrind_table(profiles: list[Profile]) -> str:
 
 
 def endpoints_table(cells: list[Cell]) -> str:
-    rows = ["| endpoints | proxy | req/s | upstream connections (max during load) | RSS under load "
-            "(VmHWM) | CPU/req | DNS queries |", "|" + "---|" * 7]
+    rows = ["| endpoints | proxy | req/s | p99 | upstream connections (max during load) | endpoints "
+            "connected | RSS under load (VmHWM) | CPU/req | DNS queries |", "|" + "---|" * 9]
     for c in cells:
-        rows.append(f"| {c.backend} | {c.proxy} | {c.rps:,.0f} | {c.upstream_conns} | "
-                    f"{mb(c.rss_under_load_kb)} | {c.cpu_us_per_req:.1f} µs | {c.dns_queries} |")
+        rows.append(f"| {c.backend} | {c.proxy} | {c.rps:,.0f} | {us(c.p99_us)} | {c.upstream_conns} | "
+                    f"{c.upstream_endpoints} | {mb(c.rss_under_load_kb)} | {c.cpu_us_per_req:.1f} µs | "
+                    f"{c.dns_queries} |")
     return "\n".join(rows) + "\n"
 
 
@@ -1041,7 +1061,7 @@ def main(argv: list[str]) -> int:
             if "main" in result["tables"]:
                 check_table(result["tables"]["main"], 12, 3)
             else:
-                check_table(result["tables"]["endpoints"], 7, 2)
+                check_table(result["tables"]["endpoints"], 9, 2)
             for p in result.get("profiles", []):
                 if p["per_request"] <= 0:
                     raise BenchError(f"no instructions counted for {p['proxy']}")
