@@ -80,6 +80,10 @@ class Children:
                                 env=full_env, preexec_fn=_die_with_parent)
         out.close()
         self.procs.append((name, proc))
+        # For scripts/bench to clean up after a harness that was killed outright: a child that
+        # changes its credentials (dnsmasq) loses PR_SET_PDEATHSIG.
+        with open(self.logs / "children.pids", "a") as pids:
+            pids.write(f"{proc.pid} {Path(argv[0]).name}\n")
         return proc
 
     def stop(self, proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 10.0) -> None:
