@@ -185,7 +185,7 @@ def established_to_port(pid: int, port: int) -> tuple[int, int]:
 
 
 def loadavg() -> str:
-    return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 # --- network helpers --------------------------------------------------------------------------
@@ -514,7 +514,8 @@ def percentile(hist: dict[int, int], p: float) -> int:
 class Load:
     """wrk runs, pinned to one core."""
 
-    def __init__(self, children: Children, work: Path, cpu: int, duration: int):
+    def __init__(self, children: Children, work: Path, cpu: int, duration: int, plain: bool):
+        self.plain = plain
         self.children = children
         self.work = work
         self.cpu = cpu
@@ -527,9 +528,12 @@ class Load:
         out = self.work / f"wrk-{addr}-{port}-{conns}.txt"
         out.unlink(missing_ok=True)
         # One connection per thread: bench.lua times each request itself (see there why).
-        argv = ["wrk", f"-t{conns}", f"-c{conns}", f"-d{duration}s", "--timeout", "2s", "-s", str(self.lua),
+        # --wrk-plain: one thread, no Lua per request, wrk's corrected percentiles.
+        threads = 1 if self.plain else conns
+        argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--timeout", "2s", "-s", str(self.lua),
                 "-H", f"Accept: {ACCEPT_JSON}", f"http://{addr}:{port}/"]
-        proc = self.children.start("wrk", argv, cpu=self.cpu, env={"BENCH_WRK_OUT": str(out)})
+        env = {"BENCH_WRK_OUT": str(out), "BENCH_WRK_PLAIN": "1" if self.plain else "0"}
+        proc = self.children.start("wrk", argv, cpu=self.cpu, env=env)
         deadline = time.monotonic() + duration + 30
         while proc.poll() is None:
             if time.monotonic() > deadline:
@@ -567,9 +571,14 @@ def measure(load: Load, backend: str, proxy: str, target_pid: int, addr: str, po
     errs = {k: v for k, v in info["errors"].items() if v}
     cell.errors = ", ".join(f"{k} {v}" for k, v in errs.items())
     cell.rps = info["requests"] / (info["duration_us"] / 1e6) if info["duration_us"] else 0.0
-    cell.p50_us = percentile(info["hist"], 50)
-    cell.p99_us = percentile(info["hist"], 99)
-    cell.max_us = max(info["hist"]) if info["hist"] else 0
+    if load.plain:
+        cell.p50_us = info.get("wrk_p50", 0)
+        cell.p99_us = info.get("wrk_p99", 0)
+        cell.max_us = info.get("wrk_max", 0)
+    else:
+        cell.p50_us = percentile(info["hist"], 50)
+        cell.p99_us = percentile(info["hist"], 99)
+        cell.max_us = max(info["hist"]) if info["hist"] else 0
     cell.wrk_p99_us = info.get("wrk_p99", 0)
     cell.recorded = sum(info["hist"].values())
     cell.cpu_us_per_req = (cpu1 - cpu0) * 1e6 / info["requests"] if info["requests"] else 0.0
@@ -867,6 +876,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="TOKIO_WORKER_THREADS for hello, or 'auto' for tokio's default (default 1)")
     p.add_argument("--ttl", type=int, default=5, help="TTL of the DNS records, seconds (default 5)")
     p.add_argument("--cpus", default="0,1", help="cores for load generator,proxy (default 0,1)")
+    p.add_argument("--wrk-plain", action="store_true",
+                   help="wrk with one thread and no Lua per request: the cheapest load generator, "
+                        "but latencies are wrk's own, corrected for coordinated omission")
     p.add_argument("--no-haproxy", action="store_true", help="leave HAProxy out even if installed")
     p.add_argument("--baseline", help="results.json of an earlier run: print hello's change against it")
     p.add_argument("--bin-dir", required=True, help="directory of the release binaries")
@@ -908,7 +920,7 @@ def run(args: argparse.Namespace, children: Children, work: Path, out_dir: Path)
                     "setup": asdict(setup), "notes": notes}
     _, querylog = start_dnsmasq(children, setup, dns_names(setup, endpoint_counts), work)
     nginx = start_nginx(children, setup, work, cpu=None)
-    load = Load(children, work, load_cpu, args.duration)
+    load = Load(children, work, load_cpu, args.duration, args.wrk_plain)
 
     if endpoint_counts:
         cells = []
@@ -977,12 +989,16 @@ def report(result: dict, args: argparse.Namespace) -> str:
         f"Machine: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}; haproxy {m['haproxy']}, "
         f"nginx {m['nginx']}, wrk {m['wrk']}, dnsmasq {m['dnsmasq']}, valgrind {m['valgrind']}, "
         f"{m['rustc']}; load average {m['loadavg_start']} at start, {m['loadavg_end']} at end.",
-        f"wrk (one connection per thread) pinned to CPU {args.cpus.split(',')[0]}, the proxy to CPU "
+        f"wrk ({'one thread' if args.wrk_plain else 'one connection per thread'}) pinned to CPU "
+        f"{args.cpus.split(',')[0]}, the proxy to CPU "
         f"{args.cpus.split(',')[1]}, backends unpinned; {args.duration} s per cell; every request "
         f"sends Accept: application/json; hello with TOKIO_WORKER_THREADS={args.hello_workers}, "
         f"HAProxy with nbthread 1; DNS TTL {args.ttl} s.",
-        "Latencies are per request, timed by bench.lua in each wrk thread (not wrk's percentiles, "
-        "which are corrected for coordinated omission). CPU/req is the process's utime+stime over "
+        ("Latencies are wrk's own percentiles, CORRECTED for coordinated omission (--wrk-plain). "
+         if args.wrk_plain else
+         "Latencies are per request, timed by bench.lua in each wrk thread (not wrk's percentiles, "
+         "which are corrected for coordinated omission). ") +
+        "CPU/req is the process's utime+stime over "
         "the cell divided by its requests; peak RSS is VmHWM, reset before each cell; DNS queries "
         "are dnsmasq's logged queries during the cell.",
         "",
