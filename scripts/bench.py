@@ -273,11 +273,18 @@ class Setup:
     ttl: int
 
 
+def proxy_dns_name(kind: str, name: str) -> str:
+    """HAProxy asks for its own alias of each name, so that each proxy's queries can be counted
+    while both run."""
+    return name.replace(".internal", "-haproxy.internal") if kind == "haproxy" else name
+
+
 def dns_names(setup: Setup, endpoint_counts: list[int]) -> dict[str, list[str]]:
     names = {"name.internal": NAME_ADDRS, "static.internal": NGINX_ADDRS}
     for n in endpoint_counts:
         names[f"ep{n}.internal"] = setup.pool_addrs[:n]
-    return names
+    return {alias: addrs for name, addrs in names.items()
+            for alias in (name, proxy_dns_name("haproxy", name))}
 
 
 def start_dnsmasq(children: Children, setup: Setup, names: dict[str, list[str]], work: Path):
@@ -298,7 +305,7 @@ def start_dnsmasq(children: Children, setup: Setup, names: dict[str, list[str]],
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         children.check_alive(proc, "dnsmasq")
-        if dns_answers(setup.dns_port, "static.internal"):
+        if dns_answers(setup.dns_port, "static-haproxy.internal"):
             return proc, querylog
         time.sleep(0.05)
     raise BenchError("dnsmasq did not answer within 10 s")
@@ -320,9 +327,12 @@ def dns_answers(port: int, name: str) -> bool:
     return len(data) >= 12 and data[:2] == packet[:2] and int.from_bytes(data[6:8], "big") > 0
 
 
-def dns_query_count(querylog: Path) -> int:
+def dns_query_count(querylog: Path, name: str) -> int:
+    """Queries dnsmasq logged for `name` (lines like `query[A] name.internal from 127.0.0.1`)."""
+    needle = f"] {name} from "
     try:
-        return sum(1 for line in querylog.read_text(errors="replace").splitlines() if " query[" in line)
+        return sum(1 for line in querylog.read_text(errors="replace").splitlines()
+                   if " query[" in line and needle in line)
     except OSError:
         return 0
 
@@ -435,6 +445,7 @@ class Proxy:
     startup_s: float = 0.0
     idle_rss_kb: int = 0
     threads: list[str] = field(default_factory=list)
+    dns_name: str = ""
 
 
 def start_proxy(children: Children, kind: str, setup: Setup, dns_name: str, servers: int,
@@ -444,7 +455,8 @@ def start_proxy(children: Children, kind: str, setup: Setup, dns_name: str, serv
         env = hello_env(setup, dns_name, workers)
         addr = HELLO_ADDR
     else:
-        argv = ["haproxy", "-db", "-f", str(haproxy_config(setup, dns_name, servers, work))]
+        conf = haproxy_config(setup, proxy_dns_name(kind, dns_name), servers, work)
+        argv = ["haproxy", "-db", "-f", str(conf)]
         env = {}
         addr = HAPROXY_ADDR
     start = time.monotonic()
@@ -453,7 +465,7 @@ def start_proxy(children: Children, kind: str, setup: Setup, dns_name: str, serv
     startup = time.monotonic() - start
     time.sleep(0.2)
     return Proxy(kind, proc, addr, setup.proxy_port, startup, status_kb(proc.pid, "VmRSS"),
-                 thread_names(proc.pid))
+                 thread_names(proc.pid), proxy_dns_name(kind, dns_name))
 
 
 # --- wrk ------------------------------------------------------------------------------------------
@@ -480,6 +492,7 @@ class Cell:
     upstream_conns: int | None = None
     upstream_endpoints: int | None = None  # distinct backend addresses connected to
     rss_under_load_kb: int = 0
+    rps_runs: list[float] = field(default_factory=list)  # every repetition; the row is the median
 
 
 def parse_wrk_out(path: Path) -> dict:
@@ -550,11 +563,11 @@ class Load:
 
 
 def measure(load: Load, backend: str, proxy: str, target_pid: int, addr: str, port: int,
-            conns: int, querylog: Path | None, backend_port: int | None = None,
-            duration: int | None = None) -> Cell:
+            conns: int, querylog: Path | None = None, dns_name: str = "",
+            backend_port: int | None = None, duration: int | None = None) -> Cell:
     cell = Cell(backend, proxy, conns)
     reset_peak_rss(target_pid)
-    q0 = dns_query_count(querylog) if querylog else 0
+    q0 = dns_query_count(querylog, dns_name) if querylog else 0
     cpu0 = cpu_seconds(target_pid)
     peak_conns = [0, 0]
 
@@ -585,7 +598,7 @@ def measure(load: Load, backend: str, proxy: str, target_pid: int, addr: str, po
     cell.peak_rss_kb = status_kb(target_pid, "VmHWM")
     cell.rss_under_load_kb = cell.peak_rss_kb
     if querylog is not None:
-        cell.dns_queries = dns_query_count(querylog) - q0
+        cell.dns_queries = dns_query_count(querylog, dns_name) - q0
     if backend_port is not None:
         cell.upstream_conns = peak_conns[0]
         cell.upstream_endpoints = peak_conns[1]
@@ -660,7 +673,8 @@ def run_callgrind(children: Children, kind: str, setup: Setup, dns_name: str, bi
             env = hello_env(setup, dns_name, workers)
             addr = HELLO_ADDR
         else:
-            argv = ["haproxy", "-db", "-f", str(haproxy_config(setup, dns_name, 3, work))]
+            conf = haproxy_config(setup, proxy_dns_name(kind, dns_name), 3, work)
+            argv = ["haproxy", "-db", "-f", str(conf)]
             env = {}
             addr = HAPROXY_ADDR
         vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={outfile}",
@@ -863,7 +877,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true",
                    help="very short runs for CI: 1 s cells, 32 connections, 200 callgrind requests; "
                         "asserts numbers were produced, never a time")
-    p.add_argument("--duration", type=int, default=10, help="seconds per cell (default 10)")
+    p.add_argument("--duration", type=int, default=5, help="seconds per cell (default 5)")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="repetitions of each cell, taking turns; rows are medians (default 3)")
     p.add_argument("--conns", default="1,32", help="connection counts (default 1,32)")
     p.add_argument("--backends", default="nginx,name", help="nginx, name or both (default both)")
     p.add_argument("--callgrind-requests", type=int, default=2000,
@@ -889,6 +905,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.smoke:
         args.duration = 1
+        args.repeat = 1
         args.conns = "32"
         args.callgrind_requests = min(args.callgrind_requests, 200)
     return args
@@ -930,7 +947,7 @@ def run(args: argparse.Namespace, children: Children, work: Path, out_dir: Path)
                                  args.hello_workers)
                 load.run(px.addr, px.port, 32, duration=min(2, args.duration))  # warm-up
                 cell = measure(load, str(n), kind, px.proc.pid, px.addr, px.port, 32, querylog,
-                               backend_port=setup.backend_port)
+                               px.dns_name, backend_port=setup.backend_port)
                 cells.append(cell)
                 children.stop(px.proc)
         result["endpoints"] = [asdict(c) for c in cells]
@@ -945,19 +962,34 @@ def run(args: argparse.Namespace, children: Children, work: Path, out_dir: Path)
         dns_name = "static.internal" if backend == "nginx" else "name.internal"
         direct_addr = NGINX_ADDRS[0] if backend == "nginx" else NAME_ADDRS[0]
         direct_pid = nginx.pid if backend == "nginx" else names[0].pid
-        for c in conns:
-            cells.append(measure(load, backend, "direct", direct_pid, direct_addr, setup.backend_port,
-                                 c, None))
+        # Both proxies run side by side, idle while the other is measured, and the cells take
+        # turns (direct, hello, HAProxy, again), so that load from elsewhere on the machine falls
+        # on all of them alike; each row is the repetition with the median req/s.
+        running = []
         for kind in proxies:
             px = start_proxy(children, kind, setup, dns_name, 3, bins, work, proxy_cpu,
                              args.hello_workers)
             started.append({"backend": backend, "kind": kind, "startup_s": px.startup_s,
                             "idle_rss_kb": px.idle_rss_kb, "threads": px.threads})
             load.run(px.addr, px.port, 32, duration=1 if args.smoke else 2)  # warm-up
+            running.append(px)
+        runs: dict[tuple[str, int], list[Cell]] = {}
+        for _ in range(args.repeat):
             for c in conns:
-                cells.append(measure(load, backend, kind, px.proc.pid, px.addr, px.port, c, querylog,
-                                     backend_port=setup.backend_port))
-            children.check_alive(px.proc, f"{kind}-{dns_name}")
+                runs.setdefault(("direct", c), []).append(
+                    measure(load, backend, "direct", direct_pid, direct_addr, setup.backend_port, c))
+                for px in running:
+                    children.check_alive(px.proc, f"{px.kind}-{dns_name}")
+                    runs.setdefault((px.kind, c), []).append(
+                        measure(load, backend, px.kind, px.proc.pid, px.addr, px.port, c, querylog,
+                                px.dns_name, backend_port=setup.backend_port))
+        for path in ["direct", *proxies]:
+            for c in conns:
+                reps = sorted(runs[(path, c)], key=lambda cell: cell.rps)
+                median = reps[len(reps) // 2]
+                median.rps_runs = [round(cell.rps) for cell in runs[(path, c)]]
+                cells.append(median)
+        for px in running:
             children.stop(px.proc)
 
     profiles: list[Profile] = []
@@ -991,7 +1023,8 @@ def report(result: dict, args: argparse.Namespace) -> str:
         f"{m['rustc']}; load average {m['loadavg_start']} at start, {m['loadavg_end']} at end.",
         f"wrk ({'one thread' if args.wrk_plain else 'one connection per thread'}) pinned to CPU "
         f"{args.cpus.split(',')[0]}, the proxy to CPU "
-        f"{args.cpus.split(',')[1]}, backends unpinned; {args.duration} s per cell; every request "
+        f"{args.cpus.split(',')[1]}, backends unpinned; {args.duration} s per cell, median of "
+        f"{args.repeat} taking turns; every request "
         f"sends Accept: application/json; hello with TOKIO_WORKER_THREADS={args.hello_workers}, "
         f"HAProxy with nbthread 1; DNS TTL {args.ttl} s.",
         ("Latencies are wrk's own percentiles, CORRECTED for coordinated omission (--wrk-plain). "
