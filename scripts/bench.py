@@ -562,6 +562,13 @@ class Load:
         return parse_wrk_out(out)
 
 
+def median_cell(runs: list[Cell]) -> Cell:
+    """The repetition with the median req/s, carrying every repetition's req/s."""
+    median = sorted(runs, key=lambda cell: cell.rps)[len(runs) // 2]
+    median.rps_runs = [round(cell.rps) for cell in runs]
+    return median
+
+
 def measure(load: Load, backend: str, proxy: str, target_pid: int, addr: str, port: int,
             conns: int, querylog: Path | None = None, dns_name: str = "",
             backend_port: int | None = None, duration: int | None = None) -> Cell:
@@ -753,6 +760,10 @@ def us(v: float) -> str:
     return f"{v:.0f} µs"
 
 
+def runs_k(rps_runs: list[float]) -> str:
+    return " ".join(f"{r / 1000:.1f}k" for r in rps_runs)
+
+
 def mb(kb: int) -> str:
     return f"{kb / 1024:.1f} MB"
 
@@ -763,8 +774,8 @@ def ratio(a: float, b: float) -> str:
 
 def main_table(cells: list[Cell]) -> str:
     head = ("| backend | path | conns | req/s | p50 | p99 | max | CPU/req | peak RSS | DNS queries "
-            "| req/s hello/HAProxy | req/s hello/direct |")
-    rows = [head, "|" + "---|" * 12]
+            "| req/s hello/HAProxy | req/s hello/direct | req/s of each run |")
+    rows = [head, "|" + "---|" * 13]
     by_key = {(c.backend, c.proxy, c.conns): c for c in cells}
     for c in cells:
         ha = by_key.get((c.backend, "haproxy", c.conns))
@@ -774,7 +785,7 @@ def main_table(cells: list[Cell]) -> str:
         dns = "–" if c.dns_queries is None else str(c.dns_queries)
         rows.append(f"| {c.backend} | {c.proxy} | {c.conns} | {c.rps:,.0f} | {us(c.p50_us)} | "
                     f"{us(c.p99_us)} | {us(c.max_us)} | {c.cpu_us_per_req:.1f} µs | "
-                    f"{mb(c.peak_rss_kb)} | {dns} | {r_ha} | {r_direct} |")
+                    f"{mb(c.peak_rss_kb)} | {dns} | {r_ha} | {r_direct} | {runs_k(c.rps_runs)} |")
     return "\n".join(rows) + "\n"
 
 
@@ -814,11 +825,12 @@ def callgrind_table(profiles: list[Profile]) -> str:
 
 def endpoints_table(cells: list[Cell]) -> str:
     rows = ["| endpoints | proxy | req/s | p99 | upstream connections (max during load) | endpoints "
-            "connected | RSS under load (VmHWM) | CPU/req | DNS queries |", "|" + "---|" * 9]
+            "connected | RSS under load (VmHWM) | CPU/req | DNS queries | req/s of each run |",
+            "|" + "---|" * 10]
     for c in cells:
         rows.append(f"| {c.backend} | {c.proxy} | {c.rps:,.0f} | {us(c.p99_us)} | {c.upstream_conns} | "
                     f"{c.upstream_endpoints} | {mb(c.rss_under_load_kb)} | {c.cpu_us_per_req:.1f} µs | "
-                    f"{c.dns_queries} |")
+                    f"{c.dns_queries} | {runs_k(c.rps_runs)} |")
     return "\n".join(rows) + "\n"
 
 
@@ -942,13 +954,20 @@ def run(args: argparse.Namespace, children: Children, work: Path, out_dir: Path)
     if endpoint_counts:
         cells = []
         for n in endpoint_counts:
+            running = []
             for kind in proxies:
                 px = start_proxy(children, kind, setup, f"ep{n}.internal", n, bins, work, proxy_cpu,
                                  args.hello_workers)
                 load.run(px.addr, px.port, 32, duration=min(2, args.duration))  # warm-up
-                cell = measure(load, str(n), kind, px.proc.pid, px.addr, px.port, 32, querylog,
-                               px.dns_name, backend_port=setup.backend_port)
-                cells.append(cell)
+                running.append(px)
+            runs: dict[str, list[Cell]] = {}
+            for _ in range(args.repeat):
+                for px in running:
+                    runs.setdefault(px.kind, []).append(
+                        measure(load, str(n), px.kind, px.proc.pid, px.addr, px.port, 32, querylog,
+                                px.dns_name, backend_port=setup.backend_port))
+            for px in running:
+                cells.append(median_cell(runs[px.kind]))
                 children.stop(px.proc)
         result["endpoints"] = [asdict(c) for c in cells]
         result["tables"] = {"endpoints": endpoints_table(cells)}
@@ -985,10 +1004,7 @@ def run(args: argparse.Namespace, children: Children, work: Path, out_dir: Path)
                                 px.dns_name, backend_port=setup.backend_port))
         for path in ["direct", *proxies]:
             for c in conns:
-                reps = sorted(runs[(path, c)], key=lambda cell: cell.rps)
-                median = reps[len(reps) // 2]
-                median.rps_runs = [round(cell.rps) for cell in runs[(path, c)]]
-                cells.append(median)
+                cells.append(median_cell(runs[(path, c)]))
         for px in running:
             children.stop(px.proc)
 
@@ -1112,9 +1128,9 @@ def main(argv: list[str]) -> int:
     if args.smoke:
         try:
             if "main" in result["tables"]:
-                check_table(result["tables"]["main"], 12, 3)
+                check_table(result["tables"]["main"], 13, 3)
             else:
-                check_table(result["tables"]["endpoints"], 9, 2)
+                check_table(result["tables"]["endpoints"], 10, 2)
             for p in result.get("profiles", []):
                 if p["per_request"] <= 0:
                     raise BenchError(f"no instructions counted for {p['proxy']}")
