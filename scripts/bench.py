@@ -885,7 +885,11 @@ def machine() -> dict:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="scripts/bench", description=__doc__.split("\n")[0],
+        epilog="scripts/bench also takes --no-install (no apt-get) and --no-build (use the binaries "
+               "in target/); it sets --bin-dir, --symbols-bin-dir and --out. Method and results: "
+               "docs/performance.md.")
     p.add_argument("--smoke", action="store_true",
                    help="very short runs for CI: 1 s cells, 32 connections, 200 callgrind requests; "
                         "asserts numbers were produced, never a time")
@@ -909,9 +913,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "but latencies are wrk's own, corrected for coordinated omission")
     p.add_argument("--no-haproxy", action="store_true", help="leave HAProxy out even if installed")
     p.add_argument("--baseline", help="results.json of an earlier run: print hello's change against it")
-    p.add_argument("--bin-dir", required=True, help="directory of the release binaries")
+    p.add_argument("--bin-dir", required=True, help="directory of the release binaries (set by scripts/bench)")
     p.add_argument("--symbols-bin-dir", help="directory of binaries with symbols, for callgrind")
-    p.add_argument("--out", required=True, help="directory for results (target/bench)")
+    p.add_argument("--out", required=True, help="directory for results (set by scripts/bench: target/bench)")
     p.add_argument("--no-build", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-install", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
