@@ -486,6 +486,7 @@ class Cell:
     max_us: float = 0.0
     wrk_p99_us: float = 0.0  # wrk's own, corrected for coordinated omission; for reference
     recorded: int = 0  # requests timed by bench.lua (wrk counts ones cut off at the end too)
+    status_errors: int = 0  # answers with a status above 399, counted in req/s all the same
     cpu_us_per_req: float = 0.0
     peak_rss_kb: int = 0
     dns_queries: int | None = None
@@ -588,6 +589,7 @@ def measure(load: Load, backend: str, proxy: str, target_pid: int, addr: str, po
     cpu1 = cpu_seconds(target_pid)
     time.sleep(0.1)  # let dnsmasq's log catch up
     cell.requests = info["requests"]
+    cell.status_errors = info["errors"]["status"]
     errs = {k: v for k, v in info["errors"].items() if v}
     cell.errors = ", ".join(f"{k} {v}" for k, v in errs.items())
     cell.rps = info["requests"] / (info["duration_us"] / 1e6) if info["duration_us"] else 0.0
@@ -1065,6 +1067,10 @@ def report(result: dict, args: argparse.Namespace) -> str:
         if tables.get("callgrind"):
             lines += ["## Instructions per request (callgrind, sequential keep-alive)", "",
                       tables["callgrind"]]
+    for c in result.get("cells", []) + result.get("endpoints", []):
+        if c["errors"]:
+            lines.append(f"Note: {c['backend']} {c['proxy']} {c['conns']} connections: wrk counted "
+                         f"errors ({c['errors']}) among {c['requests']} requests.")
     for note in result["notes"]:
         lines.append(f"Note: {note}")
     return "\n".join(lines) + "\n"
@@ -1135,6 +1141,10 @@ def main(argv: list[str]) -> int:
                 check_table(result["tables"]["main"], 13, 3)
             else:
                 check_table(result["tables"]["endpoints"], 10, 2)
+            for c in result.get("cells", []) + result.get("endpoints", []):
+                if c["status_errors"] > c["requests"] / 100:
+                    raise BenchError(f"{c['proxy']} answered {c['status_errors']} of "
+                                     f"{c['requests']} requests with an error status")
             for p in result.get("profiles", []):
                 if p["per_request"] <= 0:
                     raise BenchError(f"no instructions counted for {p['proxy']}")
