@@ -16,8 +16,8 @@ use std::pin::pin;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Body;
-use hyper::header::{ACCEPT, HeaderMap, HeaderValue, RETRY_AFTER, VIA};
-use hyper::{Request, StatusCode};
+use hyper::header::{ACCEPT, HOST, HeaderMap, HeaderValue, RETRY_AFTER, VIA};
+use hyper::{Request, StatusCode, Uri};
 use tokio::time::Instant;
 
 use super::Shared;
@@ -461,13 +461,14 @@ impl Caller {
         };
         let request = async {
             let mut request = Request::new(Empty::<Bytes>::new());
-            *request.uri_mut() = endpoint.uri().clone();
+            *request.uri_mut() = Uri::from_static("/");
             let headers = request.headers_mut();
+            headers.insert(HOST, endpoint.host().clone());
             headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
             if let Some(via) = &self.via {
                 headers.insert(VIA, via.clone());
             }
-            let response = endpoint.pool().request(request).await.map_err(|err| {
+            let (response, lease) = endpoint.pool().send(request).await.map_err(|err| {
                 let outcome = if err.is_connect() {
                     AttemptOutcome::ConnectError
                 } else {
@@ -534,6 +535,8 @@ impl Caller {
                     }
                 }
             }
+            // Read to the end: the connection can serve the next request.
+            endpoint.pool().release(lease, endpoint.in_flight());
             decode(first.as_deref().unwrap_or(&joined)).map_err(|err| {
                 fail(
                     AttemptOutcome::BadResponse,

@@ -17,16 +17,14 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Empty;
 use hyper::Uri;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper::header::HeaderValue;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::dns::LookupError;
+use super::pool::Pool;
 
 /// When endpoints are ejected, and for how long at least.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,9 +67,6 @@ impl EjectionPolicy {
     }
 }
 
-/// One endpoint's connection pool: hyper's pooled HTTP/1.1 client, requests without a body.
-pub type Pool = Client<HttpConnector, Empty<Bytes>>;
-
 /// Flags of [`Endpoint::flags`].
 const EJECTED: u8 = 1;
 /// The endpoint has answered, a live request or a probe.
@@ -94,10 +89,10 @@ pub enum Tier {
 #[derive(Debug)]
 pub struct Endpoint {
     addr: SocketAddr,
-    /// `http://<addr>/`, parsed once; cloning it is cheap.
-    uri: Uri,
-    /// The health probe's URI, parsed once.
-    probe_uri: Uri,
+    /// The `Host` header of requests to it, made once.
+    host: HeaderValue,
+    /// The health probe's path, parsed once.
+    probe_path: Uri,
     /// This endpoint's own connection pool, so that the endpoint's idle connections close when
     /// it leaves the set.
     pool: Pool,
@@ -122,11 +117,13 @@ struct Health {
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr, pool: Pool, probe_path: &str, epoch: Instant) -> Self {
+    fn new(addr: SocketAddr, pool: Pool, probe_path: &Uri, epoch: Instant) -> Self {
         Self {
             addr,
-            uri: uri(addr, "/"),
-            probe_uri: uri(addr, probe_path),
+            // An address and port are always a valid header value.
+            host: HeaderValue::from_str(&addr.to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+            probe_path: probe_path.clone(),
             pool,
             in_flight: AtomicUsize::new(0),
             flags: AtomicU8::new(0),
@@ -141,14 +138,14 @@ impl Endpoint {
         self.addr
     }
 
-    /// The URI of the instance's `GET /`.
-    pub fn uri(&self) -> &Uri {
-        &self.uri
+    /// The `Host` header of requests to this endpoint.
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
     }
 
-    /// The URI of the instance's health probe.
-    pub fn probe_uri(&self) -> &Uri {
-        &self.probe_uri
+    /// The path of the instance's health probe.
+    pub fn probe_path(&self) -> &Uri {
+        &self.probe_path
     }
 
     /// The connection pool to call this endpoint with.
@@ -233,14 +230,6 @@ impl Endpoint {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
-
-/// `http://<addr><path>`. An address and a path that starts with `/` always make a valid URI;
-/// a path that does not (a bad probe path) falls back to `/`.
-fn uri(addr: SocketAddr, path: &str) -> Uri {
-    format!("http://{addr}{path}")
-        .parse()
-        .unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 /// A request in flight to an endpoint; dropping it ends the count.
@@ -348,12 +337,12 @@ pub fn diff(current: &[Arc<Endpoint>], next: &BTreeSet<SocketAddr>) -> Diff {
 pub struct EndpointSet {
     current: watch::Sender<Arc<Snapshot>>,
     policy: EjectionPolicy,
-    probe_path: String,
+    probe_path: Uri,
     epoch: Instant,
     /// Held from counting the ejected endpoints to ejecting one, so that endpoints failing at
     /// the same moment cannot together exceed the cap. Taken on the failure path only.
     ejecting: Mutex<()>,
-    new_pool: Box<dyn Fn() -> Pool + Send + Sync>,
+    new_pool: Box<dyn Fn(SocketAddr) -> Pool + Send + Sync>,
 }
 
 impl EndpointSet {
@@ -362,7 +351,7 @@ impl EndpointSet {
     pub fn new(
         policy: EjectionPolicy,
         probe_path: &str,
-        new_pool: impl Fn() -> Pool + Send + Sync + 'static,
+        new_pool: impl Fn(SocketAddr) -> Pool + Send + Sync + 'static,
     ) -> Self {
         let empty = Snapshot {
             endpoints: Vec::new(),
@@ -371,7 +360,8 @@ impl EndpointSet {
         Self {
             current: watch::Sender::new(Arc::new(empty)),
             policy,
-            probe_path: probe_path.to_owned(),
+            // A path that is not one (the options were not validated) probes `/`.
+            probe_path: probe_path.parse().unwrap_or_else(|_| Uri::from_static("/")),
             epoch: Instant::now(),
             ejecting: Mutex::new(()),
             new_pool: Box::new(new_pool),
@@ -400,7 +390,7 @@ impl EndpointSet {
                     Ok(kept) => Arc::clone(&current.endpoints[kept]),
                     Err(_) => Arc::new(Endpoint::new(
                         *addr,
-                        (self.new_pool)(),
+                        (self.new_pool)(*addr),
                         &self.probe_path,
                         self.epoch,
                     )),
@@ -532,6 +522,7 @@ impl EndpointSet {
                     address: endpoint.addr,
                     state,
                     in_flight: endpoint.in_flight(),
+                    idle_connections: endpoint.pool.idle_count(),
                     consecutive_failures: health.consecutive_failures,
                     ejections: health.ejections,
                     probe_failed: health.probe_failed,
@@ -594,6 +585,8 @@ pub struct EndpointReport {
     pub state: EndpointState,
     /// Requests now in flight to it.
     pub in_flight: usize,
+    /// Its connections kept open for the next requests.
+    pub idle_connections: usize,
     /// Failed attempts since its last success.
     pub consecutive_failures: u32,
     /// Ejections since its last success.

@@ -45,6 +45,7 @@ mod hedge;
 mod metrics;
 mod options;
 mod picker;
+mod pool;
 mod probe;
 mod refresh;
 mod retry;
@@ -69,12 +70,10 @@ pub use options::{
 
 use call::{Caller, DecodeError};
 use dns::Dns;
-use endpoints::{Discovery, EndpointReport, EndpointSet, Pool};
+use endpoints::{Discovery, EndpointReport, EndpointSet};
 use hedge::Latency;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use metrics::Metrics;
+use pool::{Pool, PoolOptions};
 use probe::Prober;
 use refresh::Refresher;
 
@@ -147,26 +146,19 @@ impl Shared {
     }
 }
 
-/// Makes each endpoint's connection pool: HTTP/1.1 keep-alive, no proxy (a proxy would hide
-/// the endpoints from the balancer), the connect timeout, and idle connections closed after
-/// the idle timeout.
-fn pool_builder(options: &Options) -> impl Fn() -> Pool + Send + Sync + 'static {
-    let (connect_timeout, idle_timeout) = (options.connect_timeout, options.idle_timeout);
-    move || {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .build(connector)
-    }
+/// Makes each endpoint's connection pool.
+fn pool_builder(options: &Options) -> impl Fn(SocketAddr) -> Pool + Send + Sync + 'static {
+    let options = PoolOptions {
+        connect_timeout: options.connect_timeout,
+        idle_timeout: options.idle_timeout,
+    };
+    move |addr| Pool::new(addr, options)
 }
 
 /// A pool for unit tests, with the default options.
 #[cfg(test)]
-pub(crate) fn test_pool() -> Pool {
-    pool_builder(&Options::default())()
+pub(crate) fn test_pool(addr: SocketAddr) -> Pool {
+    pool_builder(&Options::default())(addr)
 }
 
 /// What the upstream knows now, to serialize (JSON for a debug route): the service's name,

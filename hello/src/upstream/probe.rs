@@ -8,6 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::Request;
+use hyper::header::HOST;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +68,10 @@ impl Prober {
     /// Probes every endpoint that needs it, at once, and applies the results.
     async fn round(&self) {
         let snapshot = self.shared.endpoints.snapshot();
+        let now = Instant::now();
+        for endpoint in &snapshot.endpoints {
+            endpoint.pool().sweep(now);
+        }
         let due: Vec<Arc<Endpoint>> = snapshot
             .endpoints
             .iter()
@@ -112,11 +120,13 @@ impl Prober {
 }
 
 /// One probe: true when the endpoint answers 2xx within `timeout`. The body is not read: the
-/// connection is dropped with the answer rather than returned to the pool half-read.
+/// connection closes with the answer rather than going back to the pool half-read.
 async fn probe(endpoint: &Endpoint, timeout: Duration) -> bool {
-    let request = endpoint.pool().get(endpoint.probe_uri().clone());
+    let mut request = Request::new(Empty::<Bytes>::new());
+    *request.uri_mut() = endpoint.probe_path().clone();
+    request.headers_mut().insert(HOST, endpoint.host().clone());
     matches!(
-        tokio::time::timeout(timeout, request).await,
-        Ok(Ok(response)) if response.status().is_success()
+        tokio::time::timeout(timeout, endpoint.pool().send(request)).await,
+        Ok(Ok((response, _))) if response.status().is_success()
     )
 }
