@@ -378,7 +378,7 @@ def start_names(children: Children, setup: Setup, bins: Path, cpu: int | None):
     procs = []
     for i, addr in enumerate(NAME_ADDRS):
         env = {"HOST": addr, "PORT": str(setup.backend_port), "INSTANCE_ID": f"name-{i + 1}",
-               "TOKIO_WORKER_THREADS": "1"}
+               "WORKER_THREADS": "1"}
         procs.append(children.start(f"name-{i + 1}", [str(bins / "name")], cpu=cpu, env=env))
     for addr, proc in zip(NAME_ADDRS, procs):
         wait_for_200(addr, setup.backend_port, 15, proc)
@@ -394,7 +394,7 @@ def hello_env(setup: Setup, dns_name: str, workers: str) -> dict[str, str]:
         "INSTANCE_ID": "hello-bench",
     }
     if workers != "auto":
-        env["TOKIO_WORKER_THREADS"] = workers
+        env["WORKER_THREADS"] = workers
     return env
 
 
@@ -907,7 +907,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "(e.g. 3,8,32,128) drive 32 connections through hello and HAProxy and report "
                         "upstream connections and RSS")
     p.add_argument("--hello-workers", default="1",
-                   help="TOKIO_WORKER_THREADS for hello, or 'auto' for tokio's default (default 1)")
+                   help="WORKER_THREADS for hello, or 'auto' for its default, the CPUs it may use (default 1)")
     p.add_argument("--ttl", type=int, default=5, help="TTL of the DNS records, seconds (default 5)")
     p.add_argument("--cpus", default="0,1", help="cores for load generator,proxy (default 0,1)")
     p.add_argument("--wrk-plain", action="store_true",
@@ -1047,7 +1047,7 @@ def report(result: dict, args: argparse.Namespace) -> str:
         f"{args.cpus.split(',')[0]}, the proxy to CPU "
         f"{args.cpus.split(',')[1]}, backends unpinned; {args.duration} s per cell, median of "
         f"{args.repeat} taking turns; every request "
-        f"sends Accept: application/json; hello with TOKIO_WORKER_THREADS={args.hello_workers}, "
+        f"sends Accept: application/json; hello with WORKER_THREADS={args.hello_workers}, "
         f"HAProxy with nbthread 1; DNS TTL {args.ttl} s.",
         ("Latencies are wrk's own percentiles, CORRECTED for coordinated omission (--wrk-plain). "
          if args.wrk_plain else

@@ -47,6 +47,11 @@ pub struct Listen {
     #[arg(long, env = "IDLE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
+    /// Threads serving requests; 1 runs everything on one thread, with no work stealing. By
+    /// default the CPUs the process may use (on Fargate, the task's vCPUs rounded up).
+    #[arg(long, env = "WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
+
     /// Time in-flight requests get to finish after SIGTERM (after the drain, for `name`);
     /// then the remaining connections are closed and the process exits 0.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -61,6 +66,13 @@ impl Listen {
             self.ecs_metadata_uri.as_deref(),
         )
         .await
+    }
+
+    /// Threads to serve with: the setting, or the CPUs available.
+    pub fn worker_threads(&self) -> usize {
+        self.worker_threads
+            .map(usize::from)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
     /// The server's bounds.

@@ -11,8 +11,10 @@ use tokio::net::TcpListener;
 use crate::config::{Command, ServiceConfig, parse_args};
 
 /// Runs the service `name`: `serve` gets the parsed settings, a bound listener and the
-/// shutdown signal. `default_filter` is the log filter when `RUST_LOG` is unset.
-pub async fn main<C, F, Fut>(
+/// shutdown signal, on a runtime of `WORKER_THREADS` threads (one thread: Tokio's
+/// current-thread scheduler, with no work stealing and no cross-thread wake-ups).
+/// `default_filter` is the log filter when `RUST_LOG` is unset.
+pub fn main<C, F, Fut>(
     name: &'static str,
     about: &'static str,
     default_filter: &str,
@@ -24,6 +26,40 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let cli = parse_args::<C>(name, about);
+    let runtime = match runtime(cli.config.listen().worker_threads()) {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli, name, default_filter, serve))
+}
+
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    }
+}
+
+async fn run<C, F, Fut>(
+    cli: crate::config::Cli<C>,
+    name: &'static str,
+    default_filter: &str,
+    serve: F,
+) -> ExitCode
+where
+    C: ServiceConfig,
+    F: FnOnce(C, TcpListener, crate::shutdown::Signal) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
     if let Some(Command::Healthcheck) = cli.command {
         return crate::healthcheck::run(cli.config.listen().local_addr()).await;
     }

@@ -184,7 +184,14 @@ pub async fn serve(
     Ok(())
 }
 
+/// Adds a span per request, keyed by the route, when debug logging is on for this module or
+/// tower-http; otherwise the layer would cost every request for events nobody records.
 fn with_tracing(router: Router) -> Router {
+    if !tracing::enabled!(Level::DEBUG)
+        && !tracing::enabled!(target: "tower_http::trace", Level::DEBUG)
+    {
+        return router;
+    }
     router.layer(
         TraceLayer::new_for_http()
             .make_span_with(|request: &Request| {

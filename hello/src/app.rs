@@ -4,9 +4,8 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use common::NameAnswer;
@@ -16,6 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde_json::json;
+use tower::util::MapResponseLayer;
 
 use crate::config::VIA_PSEUDONYM;
 use crate::upstream::{CallError, Upstream};
@@ -75,7 +75,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .route("/debug/endpoints", get(debug_endpoints))
-        .layer(middleware::from_fn(log_failures))
+        .layer(MapResponseLayer::new(log_failure))
         .with_state(state)
 }
 
@@ -208,8 +208,7 @@ impl IntoResponse for AppError {
 }
 
 /// Logs each failed request's cause, once.
-async fn log_failures(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+fn log_failure(response: Response) -> Response {
     if let Some(Failure(why)) = response.extensions().get::<Failure>() {
         tracing::warn!(status = response.status().as_u16(), error = %why, "answered with an error");
     }

@@ -2,13 +2,11 @@
 
 use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     common::main_loop::main(
         "hello",
         hello::config::ABOUT,
         "hello=info,common=info,tower_http=info",
         hello::run,
     )
-    .await
 }

@@ -2,13 +2,11 @@
 
 use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     common::main_loop::main(
         "name",
         name::config::ABOUT,
         "name=info,common=info,tower_http=info",
         name::run,
     )
-    .await
 }
