@@ -169,13 +169,17 @@ impl Endpoint {
         let flags = self.flags.load(Ordering::Relaxed);
         if flags & EJECTED != 0 {
             Tier::Ejected
-        } else if flags & PROVEN == 0
-            || self.cooling_until.load(Ordering::Relaxed) > self.millis(now)
-        {
+        } else if flags & PROVEN == 0 || self.cooling(now) {
             Tier::Doubtful
         } else {
             Tier::Ready
         }
+    }
+
+    /// True during a cool-down; the clock is read only when there is one.
+    fn cooling(&self, now: Instant) -> bool {
+        let until = self.cooling_until.load(Ordering::Relaxed);
+        until != 0 && until > self.millis(now)
     }
 
     /// True while ejected.

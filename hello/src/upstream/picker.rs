@@ -14,42 +14,48 @@ use tokio::time::Instant;
 use super::endpoints::Endpoint;
 
 /// Picks an endpoint for the next attempt, or `None` when every endpoint has been tried.
-/// Allocates nothing: the candidates are a filter over the snapshot.
+/// Allocates nothing: one pass finds the best tier and counts its candidates, a second finds
+/// the two drawn.
 pub fn pick<'a, R: Rng + ?Sized>(
     endpoints: &'a [Arc<Endpoint>],
     tried: &[SocketAddr],
     now: Instant,
     rng: &mut R,
 ) -> Option<&'a Arc<Endpoint>> {
-    let untried = |endpoint: &&Arc<Endpoint>| !tried.contains(&endpoint.addr());
-    // The best tier among the untried endpoints, in one pass.
-    let best = endpoints
-        .iter()
-        .filter(untried)
-        .map(|endpoint| endpoint.tier(now))
-        .min()?;
-    let in_tier = |endpoint: &&Arc<Endpoint>| untried(endpoint) && endpoint.tier(now) == best;
-    power_of_two(endpoints.iter().filter(in_tier), rng)
-}
-
-/// Draws two distinct candidates uniformly and returns the one with fewer requests in flight.
-fn power_of_two<'a, R: Rng + ?Sized>(
-    candidates: impl Iterator<Item = &'a Arc<Endpoint>> + Clone,
-    rng: &mut R,
-) -> Option<&'a Arc<Endpoint>> {
-    let n = candidates.clone().count();
-    match n {
-        0 => None,
-        1 => candidates.clone().next(),
-        n => {
-            let first = rng.random_range(0..n);
-            // A second index different from the first, uniformly.
-            let second = (first + rng.random_range(1..n)) % n;
-            let a = candidates.clone().nth(first)?;
-            let b = candidates.clone().nth(second)?;
-            Some(if b.in_flight() < a.in_flight() { b } else { a })
+    let untried = |endpoint: &Arc<Endpoint>| !tried.contains(&endpoint.addr());
+    let mut best = None;
+    let mut count = 0;
+    for endpoint in endpoints.iter().filter(|endpoint| untried(endpoint)) {
+        let tier = endpoint.tier(now);
+        match best {
+            Some(current) if tier > current => {}
+            Some(current) if tier == current => count += 1,
+            _ => {
+                best = Some(tier);
+                count = 1;
+            }
         }
     }
+    let best = best?;
+    let mut candidates = endpoints
+        .iter()
+        .filter(|endpoint| untried(endpoint) && endpoint.tier(now) == best);
+    if count == 1 {
+        return candidates.next();
+    }
+    // Two distinct candidates, uniformly; the one with fewer requests in flight wins, the first
+    // drawn on a tie.
+    let first = rng.random_range(0..count);
+    let second = (first + rng.random_range(1..count)) % count;
+    let (low, high) = (first.min(second), first.max(second));
+    let a = candidates.nth(low)?;
+    let b = candidates.nth(high - low - 1)?;
+    let (first, second) = if first < second { (a, b) } else { (b, a) };
+    Some(if second.in_flight() < first.in_flight() {
+        second
+    } else {
+        first
+    })
 }
 
 #[cfg(test)]
