@@ -1,6 +1,8 @@
 //! The router and its handlers. Handlers see one [`Upstream`] in the state and nothing of
 //! discovery's insides.
 
+use std::io::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -13,7 +15,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use serde::Serialize;
 use serde_json::json;
 use tower::util::MapResponseLayer;
 
@@ -79,15 +80,48 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The JSON answer of `GET /`.
-#[derive(Debug, Serialize)]
-struct Greeting<'a> {
-    greeting: &'a str,
-    name: &'a str,
-    hello_instance: &'a str,
-    name_instance: &'a str,
-    endpoint: String,
+/// The JSON answer of `GET /`: `{"greeting","name","hello_instance","name_instance",
+/// "endpoint","attempts"}`. Written by hand because it is on every request: strings with
+/// nothing to escape (the usual case) are copied as they are, the rest go through serde_json.
+fn greeting_json(
+    greeting: &str,
+    name: &str,
+    hello_instance: &str,
+    name_instance: &str,
+    endpoint: SocketAddr,
     attempts: u32,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + greeting.len() * 2);
+    out.extend_from_slice(b"{\"greeting\":");
+    push_json_str(&mut out, greeting);
+    out.extend_from_slice(b",\"name\":");
+    push_json_str(&mut out, name);
+    out.extend_from_slice(b",\"hello_instance\":");
+    push_json_str(&mut out, hello_instance);
+    out.extend_from_slice(b",\"name_instance\":");
+    push_json_str(&mut out, name_instance);
+    out.extend_from_slice(b",\"endpoint\":\"");
+    // An address and port never need escaping.
+    let _ = write!(out, "{endpoint}");
+    out.extend_from_slice(b"\",\"attempts\":");
+    let _ = write!(out, "{attempts}");
+    out.push(b'}');
+    out
+}
+
+/// Appends `value` as a JSON string.
+fn push_json_str(out: &mut Vec<u8>, value: &str) {
+    if value
+        .bytes()
+        .any(|byte| byte < 0x20 || byte == b'"' || byte == b'\\')
+    {
+        // Writing into a Vec cannot fail, and a string always serializes.
+        let _ = serde_json::to_writer(&mut *out, value);
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+    }
 }
 
 async fn hello(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, AppError> {
@@ -127,15 +161,15 @@ async fn hello(State(state): State<AppState>, headers: HeaderMap) -> Result<Resp
         greeting.push_str(part);
     }
     if json {
-        Ok(Json(Greeting {
-            greeting: &greeting,
-            name: &answer.name,
-            hello_instance: &state.instance,
-            name_instance: &answer.instance,
-            endpoint: reply.endpoint.to_string(),
-            attempts: reply.attempts,
-        })
-        .into_response())
+        let body = greeting_json(
+            &greeting,
+            &answer.name,
+            &state.instance,
+            &answer.instance,
+            reply.endpoint,
+            reply.attempts,
+        );
+        Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
     } else {
         Ok((greeting + "\n").into_response())
     }
@@ -224,4 +258,29 @@ fn log_failure(response: Response) -> Response {
         tracing::warn!(status = response.status().as_u16(), error = %why, "answered with an error");
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_greeting_json_is_json_with_every_string_intact() {
+        let tricky = "Zo\u{eb} \"the\" \\ one\u{7f}";
+        let body = greeting_json(
+            "Hello (from h1) Ann (from n1)",
+            tricky,
+            "h1",
+            "3f2a9c1e@eu-west-1b",
+            "10.0.1.7:3000".parse().unwrap(),
+            2,
+        );
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["greeting"], "Hello (from h1) Ann (from n1)");
+        assert_eq!(json["name"], tricky);
+        assert_eq!(json["hello_instance"], "h1");
+        assert_eq!(json["name_instance"], "3f2a9c1e@eu-west-1b");
+        assert_eq!(json["endpoint"], "10.0.1.7:3000");
+        assert_eq!(json["attempts"], 2);
+    }
 }

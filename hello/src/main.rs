@@ -2,6 +2,10 @@
 
 use std::process::ExitCode;
 
+/// mimalloc: fewer instructions per allocation than glibc's malloc on the request path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     common::main_loop::main(
         "hello",
