@@ -15,7 +15,7 @@ use std::pin::pin;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Body;
+use hyper::body::{Body, Incoming};
 use hyper::header::{ACCEPT, HOST, HeaderMap, HeaderValue, RETRY_AFTER, VIA};
 use hyper::{Request, StatusCode, Uri};
 use tokio::time::Instant;
@@ -479,62 +479,22 @@ impl Caller {
             let status = response.status();
             if !status.is_success() {
                 let retry_after = retry_after(response.headers());
-                let outcome = if status == StatusCode::TOO_MANY_REQUESTS
-                    || (status == StatusCode::SERVICE_UNAVAILABLE && retry_after.is_some())
-                {
-                    AttemptOutcome::Overloaded
-                } else if status.is_client_error() {
-                    AttemptOutcome::ClientError
-                } else if status.is_server_error() {
-                    AttemptOutcome::ServerError
-                } else {
-                    AttemptOutcome::BadResponse
-                };
                 return Err(AttemptError {
                     retry_after,
-                    ..fail(outcome, AttemptErrorKind::Status(status))
+                    ..fail(
+                        status_outcome(status, retry_after),
+                        AttemptErrorKind::Status(status),
+                    )
                 });
             }
-            let limit = self.max_answer_bytes;
-            let too_large = || {
-                self.shared.metrics.answer_too_large();
-                fail(
-                    AttemptOutcome::BadResponse,
-                    AttemptErrorKind::TooLarge(limit),
-                )
-            };
-            let mut body = response.into_body();
-            if body.size_hint().lower() > limit as u64 {
-                return Err(too_large());
-            }
-            // Read no more than the bound, whatever the instance sends: an endless body costs
-            // `limit` bytes, not memory until the kernel steps in. The usual answer is one
-            // frame, decoded where it lies.
-            let mut first: Option<Bytes> = None;
-            let mut joined = Vec::new();
-            let mut read = 0;
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|err| {
-                    fail(
-                        AttemptOutcome::BadResponse,
-                        AttemptErrorKind::Http(err.into()),
-                    )
-                })?;
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                read += data.len();
-                if read > limit {
-                    return Err(too_large());
-                }
-                match first.take() {
-                    None if joined.is_empty() => first = Some(data),
-                    earlier => {
-                        joined.extend_from_slice(earlier.as_deref().unwrap_or_default());
-                        joined.extend_from_slice(&data);
+            let (first, joined) = read_bounded(response.into_body(), self.max_answer_bytes)
+                .await
+                .map_err(|kind| {
+                    if matches!(kind, AttemptErrorKind::TooLarge(_)) {
+                        self.shared.metrics.answer_too_large();
                     }
-                }
-            }
+                    fail(AttemptOutcome::BadResponse, kind)
+                })?;
             // Read to the end: the connection can serve the next request.
             endpoint.pool().release(lease, endpoint.in_flight());
             decode(first.as_deref().unwrap_or(&joined)).map_err(|err| {
@@ -565,6 +525,55 @@ impl Caller {
         }
         result
     }
+}
+
+/// What a status other than 2xx says: 429, or 503 with `Retry-After`, is load shedding; other
+/// 4xx and 5xx are the endpoint's failures.
+fn status_outcome(status: StatusCode, retry_after: Option<Duration>) -> AttemptOutcome {
+    if status == StatusCode::TOO_MANY_REQUESTS
+        || (status == StatusCode::SERVICE_UNAVAILABLE && retry_after.is_some())
+    {
+        AttemptOutcome::Overloaded
+    } else if status.is_client_error() {
+        AttemptOutcome::ClientError
+    } else if status.is_server_error() {
+        AttemptOutcome::ServerError
+    } else {
+        AttemptOutcome::BadResponse
+    }
+}
+
+/// Reads an answer's body to its end, but no more than `limit` bytes, whatever the instance
+/// sends: an endless body costs `limit` bytes, not memory until the kernel steps in. The usual
+/// answer is one frame, returned where it lies; several are joined.
+async fn read_bounded(
+    mut body: Incoming,
+    limit: usize,
+) -> Result<(Option<Bytes>, Vec<u8>), AttemptErrorKind> {
+    if body.size_hint().lower() > limit as u64 {
+        return Err(AttemptErrorKind::TooLarge(limit));
+    }
+    let mut first: Option<Bytes> = None;
+    let mut joined = Vec::new();
+    let mut read = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| AttemptErrorKind::Http(err.into()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        read += data.len();
+        if read > limit {
+            return Err(AttemptErrorKind::TooLarge(limit));
+        }
+        match first.take() {
+            None if joined.is_empty() => first = Some(data),
+            earlier => {
+                joined.extend_from_slice(earlier.as_deref().unwrap_or_default());
+                joined.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok((first, joined))
 }
 
 /// `Retry-After` in seconds; an HTTP date counts as one second.
