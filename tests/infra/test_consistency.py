@@ -159,11 +159,12 @@ def test_hello_discovery_record_follows_name_record_type():
     hello = template("hello")
     assert env("hello")["DISCOVERY_RECORD"] == {"Fn::If": ["NameSrvRecords", "srv", "a"]}
     assert hello["Conditions"]["NameSrvRecords"] == {"Fn::Equals": [{"Ref": "NameRecordType"}, "SRV"]}
-    # hello's clap value enum accepts exactly these spellings (kebab-case of A and Srv).
-    enum = re.search(r"enum\s+RecordKind\s*\{(.*?)\n\}", source("hello/src/config.rs"), re.DOTALL)
-    assert enum, "hello/src/config.rs has no `enum RecordKind`"
-    variants = re.findall(r"^\s*(\w+),", enum.group(1), re.MULTILINE)
-    assert sorted(v.lower() for v in variants) == ["a", "srv"]
+    # hello's RecordKind parses exactly these spellings.
+    options = source("hello/src/upstream/options.rs")
+    parse = re.search(r"impl FromStr for RecordKind\s*\{(.*?)\n\}", options, re.DOTALL)
+    assert parse, "hello/src/upstream/options.rs does not parse a RecordKind"
+    spellings = re.findall(r'"(\w+)"\s*=>\s*Ok\(Self::', parse.group(1))
+    assert sorted(spellings) == ["a", "srv"]
 
 
 def test_srv_registration_names_the_container_and_port():
@@ -183,7 +184,10 @@ def test_healthcheck_subcommand_exists_in_the_code():
         command = container(service)["HealthCheck"]["Command"]
         assert command == ["CMD", f"/{service}", "healthcheck"]
         main = source(f"{service}/src/main.rs")
-        assert "Healthcheck" in main, f"{service}/src/main.rs does not handle the healthcheck subcommand"
+        assert "common::main_loop::main" in main, f"{service}/src/main.rs does not run the shared main"
+    assert "Command::Healthcheck" in source("common/src/main_loop.rs"), (
+        "the shared main does not handle the healthcheck subcommand"
+    )
 
 
 def test_binaries_are_where_the_health_checks_run_them():
