@@ -102,11 +102,41 @@ fn greeting_json(
     push_json_str(&mut out, name_instance);
     out.extend_from_slice(b",\"endpoint\":\"");
     // An address and port never need escaping.
-    let _ = write!(out, "{endpoint}");
+    match endpoint {
+        SocketAddr::V4(v4) => {
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_decimal(&mut out, octet.into());
+            }
+            out.push(b':');
+            push_decimal(&mut out, v4.port().into());
+        }
+        SocketAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
     out.extend_from_slice(b"\",\"attempts\":");
-    let _ = write!(out, "{attempts}");
+    push_decimal(&mut out, attempts);
     out.push(b'}');
     out
+}
+
+/// Appends `value` in decimal, without the formatting machinery.
+fn push_decimal(out: &mut Vec<u8>, value: u32) {
+    let mut digits = [0u8; 10];
+    let mut start = digits.len();
+    let mut rest = value;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
 }
 
 /// Appends `value` as a JSON string.
@@ -275,6 +305,10 @@ mod tests {
             "10.0.1.7:3000".parse().unwrap(),
             2,
         );
+        let v6 = greeting_json("g", "n", "h", "i", "[::1]:65535".parse().unwrap(), 10);
+        let v6: serde_json::Value = serde_json::from_slice(&v6).unwrap();
+        assert_eq!(v6["endpoint"], "[::1]:65535");
+        assert_eq!(v6["attempts"], 10);
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["greeting"], "Hello (from h1) Ann (from n1)");
         assert_eq!(json["name"], tricky);
