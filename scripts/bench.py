@@ -363,6 +363,7 @@ http {{
     server {{
 {listens}
         default_type application/json;
+        location = /healthz {{ return 200 'ok'; }}
         location / {{ return 200 '{{"name":"{STATIC_NAME}","instance":"$instance"}}'; }}
     }}
 }}

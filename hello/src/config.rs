@@ -82,7 +82,7 @@ pub struct DnsOptions {
 }
 
 /// How requests to `name` are made.
-#[derive(Debug, Clone, Copy, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct CallOptions {
     /// Attempts per request, the first included; each retry goes to another endpoint.
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
@@ -135,6 +135,11 @@ pub struct CallOptions {
     #[arg(long, env = "PROBE_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
     pub probe_timeout: Duration,
 
+    /// The path health probes ask for; any 2xx answer is a pass. An instance that does not
+    /// serve it is taken for dead once another answers.
+    #[arg(long, env = "PROBE_PATH", default_value = "/healthz", value_parser = parse_probe_path)]
+    pub probe_path: String,
+
     /// Send a second attempt to another endpoint when the first is slow.
     #[arg(long, env = "HEDGE", default_value_t = true, action = clap::ArgAction::Set)]
     pub hedge: bool,
@@ -185,9 +190,9 @@ impl From<&Config> for Options {
                 max_percent: calls.eject_max_percent,
             },
             probe: ProbePolicy {
+                path: calls.probe_path.clone(),
                 interval: calls.probe_interval,
                 timeout: calls.probe_timeout,
-                ..ProbePolicy::default()
             },
             hedge: HedgePolicy {
                 enabled: calls.hedge,
@@ -233,6 +238,13 @@ fn variable(field: &'static str) -> &'static str {
         "hedge.max_delay" => "HEDGE_MAX_DELAY",
         "max_answer_bytes" => "MAX_ANSWER_BYTES",
         other => other,
+    }
+}
+
+fn parse_probe_path(value: &str) -> Result<String, String> {
+    match value.parse::<hyper::Uri>() {
+        Ok(uri) if value.starts_with('/') && uri.scheme().is_none() => Ok(value.to_owned()),
+        _ => Err("expected a path such as /healthz".into()),
     }
 }
 
