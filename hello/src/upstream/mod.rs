@@ -39,6 +39,7 @@
 //! state, next to the set it refreshes.
 
 mod call;
+mod cloudmap;
 mod dns;
 mod endpoints;
 mod hedge;
@@ -48,6 +49,7 @@ mod picker;
 mod probe;
 mod refresh;
 mod retry;
+mod zone;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -63,17 +65,19 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use call::{CallError, Reply};
 pub use options::{
-    EjectionPolicy, HedgePolicy, Options, ProbePolicy, RecordKind, RetryPolicy, Target, TargetHost,
-    TtlBounds,
+    CloudMapOptions, EjectionPolicy, HedgePolicy, LocalZone, Options, ProbePolicy, RecordKind,
+    RetryPolicy, Source, Target, TargetHost, TtlBounds, ZonePolicy,
 };
 
 use call::{Caller, DecodeError};
+use cloudmap::CloudMap;
 use dns::Dns;
 use endpoints::{Discovery, EndpointReport, EndpointSet};
 use hedge::Latency;
 use metrics::Metrics;
 use probe::Prober;
 use refresh::Refresher;
+use zone::ZoneRouting;
 
 /// A handle on one upstream service: cheap to clone, shared by every request.
 #[derive(Clone)]
@@ -168,6 +172,26 @@ fn pool_builder(
     }
 }
 
+/// The Cloud Map namespace and service to ask: as configured, or else from the target's DNS
+/// name, `<service>.<namespace>`.
+fn cloudmap_names(target: &Target, options: &CloudMapOptions) -> anyhow::Result<(String, String)> {
+    let from_name = match &target.host {
+        TargetHost::Dns(name) => name.trim_end_matches('.').split_once('.'),
+        TargetHost::Ip(_) => None,
+    };
+    let namespace = options
+        .namespace
+        .clone()
+        .or_else(|| from_name.map(|(_, namespace)| namespace.to_owned()));
+    let service = options
+        .service
+        .clone()
+        .or_else(|| from_name.map(|(service, _)| service.to_owned()));
+    namespace.zip(service).context(
+        "Cloud Map discovery needs a target named <service>.<namespace>, or both names given",
+    )
+}
+
 /// What the upstream knows now, to serialize (JSON for a debug route): the service's name,
 /// how discovery stands, and every endpoint with its state (`healthy`, `ejected`, `stale`),
 /// requests in flight and recent failures.
@@ -201,11 +225,34 @@ impl Upstream {
             policy: options.probe.clone(),
         };
         tasks.spawn(prober.run(stop.clone()));
+        if options.zone.enabled {
+            let routing = Arc::new(ZoneRouting::new(&options.zone, registry));
+            shared.endpoints.set_zone_routing(Arc::clone(&routing));
+            if let LocalZone::FromTaskMetadata(uri) = options.zone.local.clone() {
+                // Read once, off the start-up path; picks ignore zones until it is known.
+                tokio::spawn(async move { routing.learn(&uri).await });
+            }
+        }
         match &target.host {
             TargetHost::Ip(ip) => {
                 let fixed = BTreeSet::from([SocketAddr::new(*ip, target.port)]);
                 shared.endpoints.apply(&fixed, Discovery::Fixed);
                 shared.request_probe();
+            }
+            _ if options.source == Source::CloudMap => {
+                let (namespace, service) = cloudmap_names(&target, &options.cloudmap)?;
+                let refresher = Refresher {
+                    lookup: CloudMap::new(
+                        namespace,
+                        service,
+                        target.port,
+                        options.cloudmap.clone(),
+                        registry,
+                    ),
+                    shared: Arc::clone(&shared),
+                    bounds: options.cloudmap.bounds(options.ttl.max),
+                };
+                tasks.spawn(refresher.run(stop.clone()));
             }
             TargetHost::Dns(name) => {
                 let dns = Dns::new(

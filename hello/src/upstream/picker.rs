@@ -11,12 +11,13 @@ use std::sync::Arc;
 use rand::{Rng, RngExt};
 use tokio::time::Instant;
 
-use super::endpoints::Endpoint;
+use super::endpoints::{Endpoint, Endpoints};
 
 /// Picks an endpoint for the next attempt, or `None` when every endpoint has been tried.
-/// Allocates nothing: the candidates are a filter over the snapshot.
+/// With zone-aware picking on, the zone to draw from is chosen first among the candidates
+/// (`zone`). Allocates nothing without zones: the candidates are a filter over the snapshot.
 pub fn pick<'a, R: Rng + ?Sized>(
-    endpoints: &'a [Arc<Endpoint>],
+    endpoints: &'a Endpoints,
     tried: &[SocketAddr],
     now: Instant,
     rng: &mut R,
@@ -29,6 +30,24 @@ pub fn pick<'a, R: Rng + ?Sized>(
         .map(|endpoint| endpoint.tier(now))
         .min()?;
     let in_tier = |endpoint: &&Arc<Endpoint>| untried(endpoint) && endpoint.tier(now) == best;
+    if let Some(routing) = endpoints.zone_routing()
+        && let Some(choice) = routing.choose(
+            endpoints.len(),
+            endpoints
+                .iter()
+                .filter(in_tier)
+                .map(|endpoint| endpoint.zone()),
+            rng,
+        )
+    {
+        let in_zone =
+            |endpoint: &&Arc<Endpoint>| in_tier(endpoint) && endpoint.zone() == Some(choice.zone);
+        let picked = power_of_two(endpoints.iter().filter(in_zone), rng);
+        if picked.is_some() {
+            routing.count(choice.local);
+        }
+        return picked;
+    }
     power_of_two(endpoints.iter().filter(in_tier), rng)
 }
 
@@ -83,7 +102,7 @@ mod tests {
     }
 
     fn tally(
-        endpoints: &[Arc<Endpoint>],
+        endpoints: &Endpoints,
         tried: &[SocketAddr],
         rounds: usize,
     ) -> HashMap<SocketAddr, usize> {
@@ -157,6 +176,54 @@ mod tests {
         ));
         let counts = tally(&endpoints, &[], 50);
         assert_eq!(counts.len(), 2, "all ejected: fail open");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejected_local_zone_spills_over_at_once() {
+        use crate::upstream::zone::{LocalZone, ZonePolicy, ZoneRouting};
+        use std::collections::HashMap;
+
+        let policy = EjectionPolicy {
+            after_failures: 1,
+            base_time: Duration::from_secs(10),
+            max_time: Duration::from_secs(10),
+            max_percent: 100,
+        };
+        let set = EndpointSet::new(policy, "/healthz", reqwest::Client::new);
+        let zone_policy = ZonePolicy {
+            local: LocalZone::Named("a".into()),
+            ..ZonePolicy::default()
+        };
+        let routing = ZoneRouting::new(
+            &zone_policy,
+            &mut prometheus_client::registry::Registry::default(),
+        );
+        set.set_zone_routing(Arc::new(routing));
+        let addrs: BTreeSet<SocketAddr> = (1..=6)
+            .map(|i| SocketAddr::from(([10, 0, 0, i], 3000)))
+            .collect();
+        // Two endpoints in each of zones a, b, c: an even spread, every call stays in a.
+        let zones: HashMap<SocketAddr, Arc<str>> = addrs
+            .iter()
+            .zip(["a", "a", "b", "b", "c", "c"])
+            .map(|(addr, zone)| (*addr, Arc::from(zone)))
+            .collect();
+        set.apply_zoned(&addrs, &zones, Discovery::Resolved);
+        let endpoints = set.snapshot().endpoints.clone();
+        for endpoint in &endpoints {
+            endpoint.record_success();
+        }
+        let local = tally(&endpoints, &[], 200);
+        assert_eq!(local.len(), 2, "zone a only: {local:?}");
+
+        for endpoint in endpoints.iter().take(2) {
+            assert!(matches!(
+                set.record_failure(endpoint, Instant::now()),
+                Recorded::Ejected(_)
+            ));
+        }
+        let spilled = tally(&endpoints, &[], 200);
+        assert_eq!(spilled.len(), 4, "zones b and c: {spilled:?}");
     }
 
     #[tokio::test(start_paused = true)]
