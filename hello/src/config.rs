@@ -89,6 +89,13 @@ pub struct DnsOptions {
     #[arg(long, env = "DNS_MAX_TTL", default_value = "30s", value_parser = parse_duration)]
     pub dns_max_ttl: Duration,
 
+    /// How long an instance stays known after the last DNS answer that listed it, when answers
+    /// are capped (MULTIVALUE's random 8 of more, WEIGHTED's one) so that each lists only some
+    /// instances; one whose health probe fails leaves at once. `0s` replaces the set with each
+    /// answer.
+    #[arg(long, env = "DNS_MEMBERSHIP_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub dns_membership_ttl: Duration,
+
     /// How long one lookup may take before it counts as failed and the last good answer is
     /// kept.
     #[arg(long, env = "DNS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
@@ -277,6 +284,7 @@ impl From<&Config> for Options {
             record: config.upstream.discovery_record,
             dns_server: config.upstream.dns_server,
             dns_timeout: dns.dns_timeout,
+            membership_ttl: dns.dns_membership_ttl,
             ttl: TtlBounds {
                 min: dns.dns_min_ttl,
                 max: dns.dns_max_ttl,
@@ -403,6 +411,7 @@ mod tests {
         );
         assert_eq!(options.cloudmap.timeout, defaults.cloudmap.timeout);
         assert_eq!(options.zone, defaults.zone);
+        assert_eq!(options.membership_ttl, defaults.membership_ttl);
         assert_eq!(options.dns_timeout, defaults.dns_timeout);
         assert_eq!(options.ttl, defaults.ttl);
         assert_eq!(options.connect_timeout, defaults.connect_timeout);

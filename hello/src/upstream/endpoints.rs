@@ -484,6 +484,15 @@ impl EndpointSet {
         });
     }
 
+    /// True when the endpoint at `addr` is in the set and its last health probe failed.
+    pub fn probe_failing(&self, addr: SocketAddr) -> bool {
+        let snapshot = self.snapshot();
+        snapshot
+            .endpoints
+            .binary_search_by_key(&addr, |endpoint| endpoint.addr)
+            .is_ok_and(|at| snapshot.endpoints[at].health().probe_failed)
+    }
+
     /// Records a failed attempt on `endpoint` that is the endpoint's fault.
     pub fn record_failure(&self, endpoint: &Endpoint, now: Instant) -> Recorded {
         let _ejecting = self

@@ -43,6 +43,7 @@ mod cloudmap;
 mod dns;
 mod endpoints;
 mod hedge;
+mod membership;
 mod metrics;
 mod options;
 mod picker;
@@ -74,6 +75,7 @@ use cloudmap::CloudMap;
 use dns::Dns;
 use endpoints::{Discovery, EndpointReport, EndpointSet};
 use hedge::Latency;
+use membership::Membership;
 use metrics::Metrics;
 use probe::Prober;
 use refresh::Refresher;
@@ -263,7 +265,11 @@ impl Upstream {
                     options.dns_timeout,
                 )?;
                 let refresher = Refresher {
-                    lookup: dns,
+                    lookup: Membership::new(
+                        dns,
+                        options.membership_ttl,
+                        Arc::clone(&shared.endpoints),
+                    ),
                     shared: Arc::clone(&shared),
                     bounds: options.ttl,
                 };

@@ -178,6 +178,9 @@ pub struct Options {
     pub dns_timeout: Duration,
     /// Floor and ceiling on how long an answer is kept.
     pub ttl: TtlBounds,
+    /// How long an address stays a member after the last DNS answer that carried it, when
+    /// answers are capped (8 records rotating, or 1); zero replaces the set with each answer.
+    pub membership_ttl: Duration,
     /// Time allowed to open a connection.
     pub connect_timeout: Duration,
     /// How long an unused connection to an instance stays open.
@@ -210,6 +213,7 @@ impl Default for Options {
                 min: Duration::from_secs(1),
                 max: Duration::from_secs(30),
             },
+            membership_ttl: Duration::from_secs(60),
             connect_timeout: Duration::from_millis(250),
             idle_timeout: Duration::from_secs(30),
             max_answer_bytes: 4096,

@@ -21,4 +21,5 @@ mod discovery;
 mod failover;
 mod front_door;
 mod hostile;
+mod membership;
 mod responses;
