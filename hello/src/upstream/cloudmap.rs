@@ -404,7 +404,12 @@ impl Lookup for CloudMap {
         let mut state = self.state();
         match &result {
             Err(LookupError::Failed { .. }) => state.failures = state.failures.saturating_add(1),
-            _ => state.failures = 0,
+            Err(_) => {
+                // Gone: a service created again starts afresh, and its revision numbers may
+                // repeat the old ones.
+                *state = State::default();
+            }
+            Ok(_) => state.failures = 0,
         }
         result
     }

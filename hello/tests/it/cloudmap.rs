@@ -160,7 +160,9 @@ async fn throttling_keeps_the_set_and_recovery_follows() {
     let setup = start(3, &[], |_| {}).await;
     assert!(setup.known(3, Duration::from_secs(5)).await);
 
-    setup.server.fail_next(3, 400, "ThrottlingException");
+    // Cloud Map's throttling error (its docs); the SDK's generic one is ThrottlingException.
+    setup.server.fail_next(2, 400, "RequestLimitExceeded");
+    setup.server.fail_next(1, 400, "ThrottlingException");
     assert!(
         eventually(Duration::from_secs(3), || {
             let failing = setup.discovery_state() == "failing";
@@ -326,4 +328,32 @@ async fn an_even_spread_keeps_every_call_in_the_zone() {
     // n2 and n5 are the two instances in b.
     let local: usize = ["n2", "n5"].iter().filter_map(|id| tally.get(*id)).sum();
     assert_eq!(local, 100, "{tally:?}");
+}
+
+#[tokio::test]
+async fn a_query_pins_the_instances_of_one_family() {
+    let server = CloudMapServer::start("internal", "name").await;
+    let names = name_instances(3);
+    server.register(&names[0], None);
+    server.register(&names[1], None);
+    server.register_family(&names[2], None, "name-canary");
+    let mut options = options(&server);
+    options.cloudmap.query = [(
+        "ECS_TASK_DEFINITION_FAMILY".to_owned(),
+        "name-canary".to_owned(),
+    )]
+    .into();
+    let target = "http://name.internal:9".parse().unwrap();
+    let upstream = Upstream::start(target, options, &mut Registry::default()).unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            let known = upstream.known_endpoints();
+            async move { known == 1 }
+        })
+        .await
+    );
+
+    let reply = upstream.call(common::NameAnswer::decode).await.unwrap();
+
+    assert_eq!(reply.answer.instance, "n3");
 }

@@ -25,6 +25,7 @@ pub struct Registered {
     pub id: String,
     pub addr: SocketAddr,
     pub zone: Option<String>,
+    pub family: String,
     pub healthy: bool,
 }
 
@@ -70,13 +71,20 @@ impl CloudMapServer {
         format!("http://{}", self.addr)
     }
 
-    /// Registers `instance` in `zone`, healthy, with ECS's attributes; moves the revision.
+    /// Registers `instance` in `zone`, healthy, with ECS's attributes for task definition
+    /// family `name`; moves the revision.
     pub fn register(&self, instance: &NameInstance, zone: Option<&str>) {
+        self.register_family(instance, zone, "name");
+    }
+
+    /// Registers `instance` as [`CloudMapServer::register`] does, in task definition `family`.
+    pub fn register_family(&self, instance: &NameInstance, zone: Option<&str>, family: &str) {
         let mut script = self.script.lock().unwrap();
         script.instances.push(Registered {
             id: instance.id.clone(),
             addr: instance.addr,
             zone: zone.map(str::to_owned),
+            family: family.to_owned(),
             healthy: true,
         });
         script.revision += 1;
@@ -161,9 +169,17 @@ async fn handle(
         "DiscoverInstances" => {
             assert_eq!(request["HealthStatus"], "HEALTHY_OR_ELSE_ALL");
             assert_eq!(request["MaxResults"], 1000);
-            let healthy: Vec<&Registered> = script.instances.iter().filter(|i| i.healthy).collect();
+            // QueryParameters filter on attributes; this fake knows the family's.
+            let family = request["QueryParameters"]["ECS_TASK_DEFINITION_FAMILY"].as_str();
+            let matching: Vec<&Registered> = script
+                .instances
+                .iter()
+                .filter(|i| family.is_none_or(|family| i.family == family))
+                .collect();
+            let healthy: Vec<&Registered> =
+                matching.iter().copied().filter(|i| i.healthy).collect();
             let listed = if healthy.is_empty() {
-                script.instances.iter().collect()
+                matching
             } else {
                 healthy
             };
@@ -173,6 +189,7 @@ async fn handle(
                     let mut attributes = json!({
                         "AWS_INSTANCE_IPV4": instance.addr.ip().to_string(),
                         "AWS_INSTANCE_PORT": instance.addr.port().to_string(),
+                        "ECS_TASK_DEFINITION_FAMILY": instance.family,
                     });
                     if let Some(zone) = &instance.zone {
                         attributes["AVAILABILITY_ZONE"] = json!(zone);
