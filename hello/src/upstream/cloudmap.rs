@@ -425,9 +425,8 @@ pub fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient 
 }
 
 /// The service client for `sdk`, with `timeout` on each operation. When an endpoint is
-/// configured (`AWS_ENDPOINT_URL_SERVICEDISCOVERY`, `AWS_ENDPOINT_URL`, or in `sdk`), the
-/// `data-` host prefix the SDK puts before the two discovery calls' host is dropped: the
-/// configured endpoint is where the calls go.
+/// configured, the `data-` host prefix the SDK puts before the two discovery calls' host is
+/// dropped ([`DropHostPrefix`]): the configured endpoint is where the calls go.
 fn client(sdk: &SdkConfig, timeout: Duration) -> Client {
     // One retry loop, the refresher's: it keeps the last set meanwhile and backs off with
     // jitter, where the SDK's retries would add calls to a throttled API within one poll.
@@ -442,14 +441,15 @@ fn client(sdk: &SdkConfig, timeout: Duration) -> Client {
     if sdk.http_client().is_none() {
         config = config.http_client(https_client());
     }
-    if sdk.endpoint_url().is_some() {
-        config = config.interceptor(DropHostPrefix);
-    }
-    Client::from_conf(config.build())
+    Client::from_conf(config.interceptor(DropHostPrefix).build())
 }
 
-/// Removes the endpoint prefix an operation set, before the endpoint is resolved. The Rust
-/// SDK has no `disable_host_prefix_injection` setting (other SDKs read
+/// Removes the endpoint prefix an operation set, before the endpoint is resolved, when an
+/// endpoint is configured (`AWS_ENDPOINT_URL_SERVICEDISCOVERY`, `AWS_ENDPOINT_URL`, the
+/// profile's `endpoint_url`, or in code): the calls go to that endpoint as it is. Decided per
+/// call from the client's own configuration, as the service-specific variable is resolved
+/// into it and not into the shared `SdkConfig`. The Rust SDK has no
+/// `disable_host_prefix_injection` setting (other SDKs read
 /// `AWS_DISABLE_HOST_PREFIX_INJECTION`); this does what it would.
 #[derive(Debug)]
 struct DropHostPrefix;
@@ -465,8 +465,13 @@ impl aws_sdk_servicediscovery::config::Intercept for DropHostPrefix {
         _components: &aws_sdk_servicediscovery::config::RuntimeComponents,
         cfg: &mut aws_sdk_servicediscovery::config::ConfigBag,
     ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
-        cfg.interceptor_state()
-            .unset::<aws_smithy_runtime_api::client::endpoint::EndpointPrefix>();
+        if cfg
+            .load::<aws_types::endpoint_config::EndpointUrl>()
+            .is_some()
+        {
+            cfg.interceptor_state()
+                .unset::<aws_smithy_runtime_api::client::endpoint::EndpointPrefix>();
+        }
         Ok(())
     }
 }

@@ -357,3 +357,68 @@ async fn a_query_pins_the_instances_of_one_family() {
 
     assert_eq!(reply.answer.instance, "n3");
 }
+
+/// A child process, killed when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The real binary, configured as in production: the SDK's standard variables only, the
+/// service-specific endpoint variable among them, set on the child process alone.
+#[tokio::test]
+async fn the_binary_finds_the_api_through_the_standard_variables() {
+    let server = CloudMapServer::start("internal", "name").await;
+    let names = name_instances(2);
+    for name in &names {
+        server.register(name, None);
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _hello = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_hello"))
+            .env_clear()
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("INSTANCE_ID", "h1")
+            .env("RUST_LOG", "off")
+            .env("DISCOVERY", "cloudmap")
+            .env("NAME_SERVICE_URL", "http://name.internal:9")
+            .env("AWS_ENDPOINT_URL_SERVICEDISCOVERY", server.endpoint())
+            .env("AWS_REGION", "eu-west-1")
+            .env("AWS_ACCESS_KEY_ID", "AKIDTESTTESTTESTTEST")
+            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("http://127.0.0.1:{port}/");
+
+    let answered = eventually(Duration::from_secs(10), || async {
+        match http.get(&url).send().await {
+            Ok(response) => response.status() == 200,
+            Err(_) => false,
+        }
+    })
+    .await;
+
+    assert!(
+        answered,
+        "hello never answered; API calls: {:?}",
+        server.hosts()
+    );
+    let expected = server.addr.to_string();
+    assert!(server.hosts().iter().all(|host| *host == expected));
+}
