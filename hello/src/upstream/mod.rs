@@ -30,9 +30,13 @@
 //! # Inside
 //!
 //! After tower's discover / load / balance split and linkerd's dns / pool crates:
-//! `dns` looks a name up into a full snapshot; `refresh` asks on the TTL's schedule, clamped,
-//! and keeps the last good answer when DNS fails; `endpoints` holds the set and each
-//! endpoint's load and health (outlier ejection); `picker` chooses by power of two choices;
+//! `dns` looks a name up into a full snapshot; `membership` keeps the members of capped DNS
+//! answers (MULTIVALUE's 8, WEIGHTED's 1) for a while; `cloudmap` is the other source, Cloud
+//! Map's discovery API ([`Source::CloudMap`]), polled by revision; `refresh` asks either on
+//! the TTL's (or the poll's) schedule, clamped, and keeps the last good answer when a lookup
+//! fails; `endpoints` holds the set and each
+//! endpoint's load and health (outlier ejection); `picker` chooses by power of two choices,
+//! within the zone `zone` prefers (Envoy's zone-aware proportions) when zones are known;
 //! `probe` checks new, ejected and failing endpoints off the request path; `retry` is the retry
 //! policy and budget; `hedge` tracks latency and says when to race a slow attempt; `call`
 //! makes the attempts; `metrics` registers the counters. The refresh requested when every attempt of a call fails lives on the shared
