@@ -4,6 +4,7 @@
 //! "Where" (the service to find, the DNS server to ask) is apart from "how" (TTL bounds,
 //! timeouts, retries, ejection), after hickory's `ResolverConfig` / `ResolverOpts`.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -11,7 +12,8 @@ use common::Listen;
 use common::config::parse_duration;
 
 use crate::upstream::{
-    EjectionPolicy, HedgePolicy, Options, ProbePolicy, RecordKind, RetryPolicy, Target, TtlBounds,
+    CloudMapOptions, EjectionPolicy, HedgePolicy, LocalZone, Options, ProbePolicy, RecordKind,
+    RetryPolicy, Source, Target, TtlBounds, ZonePolicy,
 };
 
 /// The name hello gives itself in the `Via` header of its calls (RFC 9110 section 7.6.3); a
@@ -40,6 +42,10 @@ pub struct Config {
     #[command(flatten)]
     pub dns: DnsOptions,
 
+    /// How to ask Cloud Map's API, with `DISCOVERY=cloudmap`.
+    #[command(flatten)]
+    pub cloudmap: CloudMapArgs,
+
     /// How to call: timeouts, retries, ejection.
     #[command(flatten)]
     pub calls: CallOptions,
@@ -52,6 +58,14 @@ pub struct Upstream {
     /// Cloud Map) or an IP address (one fixed endpoint, no DNS); its port is used with A records.
     #[arg(long, env = "NAME_SERVICE_URL", default_value = DEFAULT_NAME_SERVICE_URL, value_parser = clap::value_parser!(Target))]
     pub name_service_url: Target,
+
+    /// Where the instances are listed: `dns` (records of the URL's host) or `cloudmap` (Cloud
+    /// Map's `DiscoverInstances` API for the service and namespace of the URL's host; no
+    /// 8-record cap, zones known). The API's endpoint, region and credentials come from the
+    /// AWS SDK's standard settings (`AWS_REGION`, `AWS_ENDPOINT_URL_SERVICEDISCOVERY`, the
+    /// task role).
+    #[arg(long, env = "DISCOVERY", default_value_t = Source::Dns, value_parser = clap::value_parser!(Source))]
+    pub discovery: Source,
 
     /// Which records to ask for: `a` (addresses; the port comes from the URL) or `srv` (the
     /// port of each instance comes from its record, as Cloud Map SRV records carry it).
@@ -75,10 +89,89 @@ pub struct DnsOptions {
     #[arg(long, env = "DNS_MAX_TTL", default_value = "30s", value_parser = parse_duration)]
     pub dns_max_ttl: Duration,
 
+    /// How long an instance stays known after the last DNS answer that listed it, when answers
+    /// are capped (MULTIVALUE's random 8 of more, WEIGHTED's one) so that each lists only some
+    /// instances; one whose health probe fails leaves at once. `0s` replaces the set with each
+    /// answer.
+    #[arg(long, env = "DNS_MEMBERSHIP_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub dns_membership_ttl: Duration,
+
     /// How long one lookup may take before it counts as failed and the last good answer is
     /// kept.
     #[arg(long, env = "DNS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub dns_timeout: Duration,
+}
+
+/// How Cloud Map's API is asked (`DISCOVERY=cloudmap`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CloudMapArgs {
+    /// The namespace's name; by default the URL's host without its first label.
+    #[arg(long, env = "CLOUDMAP_NAMESPACE")]
+    pub cloudmap_namespace: Option<String>,
+
+    /// The service's name; by default the first label of the URL's host.
+    #[arg(long, env = "CLOUDMAP_SERVICE")]
+    pub cloudmap_service: Option<String>,
+
+    /// Only instances with these attribute values, `KEY=VALUE[,KEY=VALUE...]`, for example
+    /// `ECS_TASK_DEFINITION_FAMILY=name` to pin a task definition family.
+    #[arg(long, env = "CLOUDMAP_QUERY", value_parser = parse_query)]
+    pub cloudmap_query: Option<Query>,
+
+    /// The account that owns the namespace, when it is shared from another account.
+    #[arg(long, env = "CLOUDMAP_OWNER_ACCOUNT", value_parser = parse_account)]
+    pub cloudmap_owner_account: Option<String>,
+
+    /// Time between `DiscoverInstancesRevision` polls (a random fifth more at most).
+    #[arg(long, env = "CLOUDMAP_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub cloudmap_poll_interval: Duration,
+
+    /// Longest time between two full `DiscoverInstances` calls; health changes do not move
+    /// the revision, so this is how soon they are seen.
+    #[arg(long, env = "CLOUDMAP_FULL_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub cloudmap_full_interval: Duration,
+
+    /// Time one API call may take, the SDK's retries included.
+    #[arg(long, env = "CLOUDMAP_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub cloudmap_timeout: Duration,
+
+    /// Prefer `name` instances in hello's own availability zone, in Envoy's proportions, when
+    /// the zones are known (Cloud Map's API gives them; DNS does not).
+    #[arg(long, env = "ZONE_AWARE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub zone_aware: bool,
+
+    /// Fewest instances for zone-aware picking; below it, picks ignore zones.
+    #[arg(long, env = "ZONE_AWARE_MIN_SIZE", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub zone_aware_min_size: u32,
+
+    /// hello's own availability zone; by default read from the ECS task metadata.
+    #[arg(long, env = "ZONE")]
+    pub zone: Option<String>,
+}
+
+/// Attribute filters of `CLOUDMAP_QUERY`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query(pub BTreeMap<String, String>);
+
+fn parse_query(value: &str) -> Result<Query, String> {
+    value
+        .split(',')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                Ok((key.trim().to_owned(), value.trim().to_owned()))
+            }
+            _ => Err(format!("expected KEY=VALUE, got {pair:?}")),
+        })
+        .collect::<Result<_, _>>()
+        .map(Query)
+}
+
+fn parse_account(value: &str) -> Result<String, String> {
+    if value.len() == 12 && value.bytes().all(|byte| byte.is_ascii_digit()) {
+        Ok(value.to_owned())
+    } else {
+        Err("expected a 12-digit AWS account id".into())
+    }
 }
 
 /// How requests to `name` are made.
@@ -167,10 +260,36 @@ impl Config {
 impl From<&Config> for Options {
     fn from(config: &Config) -> Self {
         let (dns, calls) = (&config.dns, &config.calls);
+        let cloudmap = &config.cloudmap;
         Self {
+            source: config.upstream.discovery,
+            cloudmap: CloudMapOptions {
+                namespace: cloudmap.cloudmap_namespace.clone(),
+                service: cloudmap.cloudmap_service.clone(),
+                query: cloudmap
+                    .cloudmap_query
+                    .clone()
+                    .map(|query| query.0)
+                    .unwrap_or_default(),
+                owner_account: cloudmap.cloudmap_owner_account.clone(),
+                poll_interval: cloudmap.cloudmap_poll_interval,
+                full_interval: cloudmap.cloudmap_full_interval,
+                timeout: cloudmap.cloudmap_timeout,
+                sdk: None,
+            },
+            zone: ZonePolicy {
+                enabled: cloudmap.zone_aware,
+                min_size: cloudmap.zone_aware_min_size as usize,
+                local: match (&cloudmap.zone, &config.listen.ecs_metadata_uri) {
+                    (Some(zone), _) if !zone.is_empty() => LocalZone::Named(zone.clone()),
+                    (_, Some(uri)) => LocalZone::FromTaskMetadata(uri.clone()),
+                    _ => LocalZone::Unknown,
+                },
+            },
             record: config.upstream.discovery_record,
             dns_server: config.upstream.dns_server,
             dns_timeout: dns.dns_timeout,
+            membership_ttl: dns.dns_membership_ttl,
             ttl: TtlBounds {
                 min: dns.dns_min_ttl,
                 max: dns.dns_max_ttl,
@@ -237,6 +356,9 @@ fn variable(field: &'static str) -> &'static str {
         "hedge.min_delay" => "HEDGE_MIN_DELAY",
         "hedge.max_delay" => "HEDGE_MAX_DELAY",
         "max_answer_bytes" => "MAX_ANSWER_BYTES",
+        "cloudmap.poll_interval" => "CLOUDMAP_POLL_INTERVAL",
+        "cloudmap.full_interval" => "CLOUDMAP_FULL_INTERVAL",
+        "cloudmap.timeout" => "CLOUDMAP_TIMEOUT",
         other => other,
     }
 }
@@ -290,6 +412,18 @@ mod tests {
         let options = Options::from(&config);
         let defaults = Options::default();
         assert_eq!(options.record, defaults.record);
+        assert_eq!(options.source, defaults.source);
+        assert_eq!(
+            options.cloudmap.poll_interval,
+            defaults.cloudmap.poll_interval
+        );
+        assert_eq!(
+            options.cloudmap.full_interval,
+            defaults.cloudmap.full_interval
+        );
+        assert_eq!(options.cloudmap.timeout, defaults.cloudmap.timeout);
+        assert_eq!(options.zone, defaults.zone);
+        assert_eq!(options.membership_ttl, defaults.membership_ttl);
         assert_eq!(options.dns_timeout, defaults.dns_timeout);
         assert_eq!(options.ttl, defaults.ttl);
         assert_eq!(options.connect_timeout, defaults.connect_timeout);
@@ -320,9 +454,52 @@ mod tests {
             &["--dns-min-ttl", "soon"],
             &["--max-attempts", "0"],
             &["--request-timeout", "400d"],
+            &["--discovery", "consul"],
+            &["--cloudmap-query", "novalue"],
+            &["--cloudmap-owner-account", "12345"],
         ] {
             assert!(parse(args).is_err(), "{args:?} was accepted");
         }
+    }
+
+    #[test]
+    fn cloudmap_settings_reach_the_options() {
+        let config = parse(&[
+            "--discovery",
+            "cloudmap",
+            "--cloudmap-query",
+            "ECS_TASK_DEFINITION_FAMILY=name, stage=canary",
+            "--cloudmap-owner-account",
+            "111122223333",
+            "--cloudmap-poll-interval",
+            "2s",
+            "--zone",
+            "eu-west-1a",
+        ])
+        .unwrap();
+        let options = Options::from(&config);
+        assert_eq!(options.source, Source::CloudMap);
+        assert_eq!(
+            options.cloudmap.query,
+            BTreeMap::from([
+                ("ECS_TASK_DEFINITION_FAMILY".into(), "name".into()),
+                ("stage".into(), "canary".into()),
+            ])
+        );
+        assert_eq!(
+            options.cloudmap.owner_account.as_deref(),
+            Some("111122223333")
+        );
+        assert_eq!(options.cloudmap.poll_interval, Duration::from_secs(2));
+        assert_eq!(options.zone.local, LocalZone::Named("eu-west-1a".into()));
+        assert!(config.validate().is_ok());
+        let config = parse(&["--cloudmap-poll-interval", "20s"]).unwrap();
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("CLOUDMAP_FULL_INTERVAL")
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The `hello` service: answers `GET /` with a greeting and a name from the `name` service,
-//! which it finds through DNS (Cloud Map's `<service>.<namespace>`) and balances across
-//! client-side.
+//! which it finds through DNS (Cloud Map's `<service>.<namespace>`) or Cloud Map's discovery
+//! API, and balances across client-side.
 //!
 //! # Layout
 //!

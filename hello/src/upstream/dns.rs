@@ -1,8 +1,9 @@
 //! DNS lookups of the `name` service: a DNS name to a full snapshot of socket addresses and
 //! the TTL it may be kept for. No state and no schedule here; `refresh` decides when to ask.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -23,6 +24,9 @@ pub struct Answer {
     pub addrs: BTreeSet<SocketAddr>,
     /// The smallest TTL of the records that made the answer.
     pub ttl: Duration,
+    /// The availability zone of the instances that have one (Cloud Map's API says; DNS does
+    /// not).
+    pub zones: HashMap<SocketAddr, Arc<str>>,
 }
 
 /// Why a lookup gave no addresses.
@@ -40,6 +44,15 @@ pub enum LookupError {
         nxdomain: bool,
         /// The negative-caching TTL from the server's SOA, if any.
         ttl: Option<Duration>,
+    },
+    /// The service or its namespace is not registered, or lists no instance with an
+    /// address: an answer, meaning "no instances", as NXDOMAIN is.
+    #[error("{name} is not registered in Cloud Map: {reason}")]
+    Unregistered {
+        /// The service asked, `<service>.<namespace>`.
+        name: String,
+        /// What the API said.
+        reason: String,
     },
     /// No answer: timeout, SERVFAIL, refused, network error. The last good answer stays.
     #[error("DNS lookup of {name} failed: {reason}")]
@@ -212,6 +225,7 @@ impl Dns {
         Ok(Answer {
             addrs,
             ttl: ttl.unwrap_or_default(),
+            zones: HashMap::new(),
         })
     }
 

@@ -11,8 +11,9 @@
 //! only when a health probe answers, never through a live request; an endpoint whose probe
 //! fails while others answer is dead, not an outlier, and is ejected whatever the cap.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -25,6 +26,7 @@ use tokio::time::Instant;
 
 use super::dns::LookupError;
 use super::pool::Pool;
+use super::zone::ZoneRouting;
 
 /// When endpoints are ejected, and for how long at least.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +91,8 @@ pub enum Tier {
 #[derive(Debug)]
 pub struct Endpoint {
     addr: SocketAddr,
+    /// The availability zone, when discovery says (Cloud Map's API does, DNS does not).
+    zone: Option<Arc<str>>,
     /// The `Host` header of requests to it, made once.
     host: HeaderValue,
     /// The health probe's path, parsed once.
@@ -117,9 +121,16 @@ struct Health {
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr, pool: Pool, probe_path: &Uri, epoch: Instant) -> Self {
+    fn new(
+        addr: SocketAddr,
+        zone: Option<Arc<str>>,
+        pool: Pool,
+        probe_path: &Uri,
+        epoch: Instant,
+    ) -> Self {
         Self {
             addr,
+            zone,
             // An address and port are always a valid header value.
             host: HeaderValue::from_str(&addr.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
@@ -136,6 +147,11 @@ impl Endpoint {
     /// The instance's address and port.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The instance's availability zone, when known.
+    pub fn zone(&self) -> Option<&str> {
+        self.zone.as_deref()
     }
 
     /// The `Host` header of requests to this endpoint.
@@ -307,9 +323,41 @@ impl Serialize for Cause {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     /// The endpoints, ordered by address.
-    pub endpoints: Vec<Arc<Endpoint>>,
+    pub endpoints: Endpoints,
     /// How discovery stands.
     pub discovery: Discovery,
+}
+
+/// The endpoints of a snapshot, ordered by address, and how picks among them weigh zones.
+/// Reads as a slice of endpoints.
+#[derive(Debug, Clone, Default)]
+pub struct Endpoints {
+    list: Vec<Arc<Endpoint>>,
+    zones: Option<Arc<ZoneRouting>>,
+}
+
+impl Endpoints {
+    /// Zone-aware picking, when on.
+    pub fn zone_routing(&self) -> Option<&ZoneRouting> {
+        self.zones.as_deref()
+    }
+}
+
+impl Deref for Endpoints {
+    type Target = [Arc<Endpoint>];
+
+    fn deref(&self) -> &Self::Target {
+        &self.list
+    }
+}
+
+impl<'a> IntoIterator for &'a Endpoints {
+    type Item = &'a Arc<Endpoint>;
+    type IntoIter = std::slice::Iter<'a, Arc<Endpoint>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.list.iter()
+    }
 }
 
 /// What changed between two answers.
@@ -347,6 +395,8 @@ pub struct EndpointSet {
     /// the same moment cannot together exceed the cap. Taken on the failure path only.
     ejecting: Mutex<()>,
     new_pool: Box<dyn Fn(SocketAddr) -> Pool + Send + Sync>,
+    /// Zone-aware picking, set once at start when on.
+    zones: std::sync::OnceLock<Arc<ZoneRouting>>,
 }
 
 impl EndpointSet {
@@ -358,7 +408,7 @@ impl EndpointSet {
         new_pool: impl Fn(SocketAddr) -> Pool + Send + Sync + 'static,
     ) -> Self {
         let empty = Snapshot {
-            endpoints: Vec::new(),
+            endpoints: Endpoints::default(),
             discovery: Discovery::Pending,
         };
         Self {
@@ -369,7 +419,13 @@ impl EndpointSet {
             epoch: Instant::now(),
             ejecting: Mutex::new(()),
             new_pool: Box::new(new_pool),
+            zones: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Turns zone-aware picking on for the snapshots to come.
+    pub fn set_zone_routing(&self, routing: Arc<ZoneRouting>) {
+        let _ = self.zones.set(routing);
     }
 
     /// The current snapshot; cheap (one `Arc` clone), never waits on discovery.
@@ -381,6 +437,17 @@ impl EndpointSet {
     /// start unproven, and those that left are dropped with their connections once the
     /// requests in flight to them finish. Called by the one writer, the refresher.
     pub fn apply(&self, addrs: &BTreeSet<SocketAddr>, discovery: Discovery) -> Diff {
+        self.apply_zoned(addrs, &HashMap::new(), discovery)
+    }
+
+    /// [`EndpointSet::apply`], with the zones of the addresses that have one; an endpoint's
+    /// zone is set when it joins (an address's subnet, so its zone, does not change).
+    pub fn apply_zoned(
+        &self,
+        addrs: &BTreeSet<SocketAddr>,
+        zones: &HashMap<SocketAddr, Arc<str>>,
+        discovery: Discovery,
+    ) -> Diff {
         let current = self.snapshot();
         let changes = diff(&current.endpoints, addrs);
         // Built before publishing, so that readers never wait on connection pools being made.
@@ -394,6 +461,7 @@ impl EndpointSet {
                     Ok(kept) => Arc::clone(&current.endpoints[kept]),
                     Err(_) => Arc::new(Endpoint::new(
                         *addr,
+                        zones.get(addr).cloned(),
                         (self.new_pool)(*addr),
                         &self.probe_path,
                         self.epoch,
@@ -402,7 +470,10 @@ impl EndpointSet {
             })
             .collect();
         self.current.send_replace(Arc::new(Snapshot {
-            endpoints,
+            endpoints: Endpoints {
+                list: endpoints,
+                zones: self.zones.get().cloned(),
+            },
             discovery,
         }));
         changes
@@ -421,6 +492,15 @@ impl EndpointSet {
             });
             true
         });
+    }
+
+    /// True when the endpoint at `addr` is in the set and its last health probe failed.
+    pub fn probe_failing(&self, addr: SocketAddr) -> bool {
+        let snapshot = self.snapshot();
+        snapshot
+            .endpoints
+            .binary_search_by_key(&addr, |endpoint| endpoint.addr)
+            .is_ok_and(|at| snapshot.endpoints[at].health().probe_failed)
     }
 
     /// Records a failed attempt on `endpoint` that is the endpoint's fault.
@@ -524,6 +604,7 @@ impl EndpointSet {
                 };
                 EndpointReport {
                     address: endpoint.addr,
+                    zone: endpoint.zone().map(str::to_owned),
                     state,
                     in_flight: endpoint.in_flight(),
                     idle_connections: endpoint.pool.idle_count(),
@@ -585,6 +666,9 @@ impl EndpointState {
 pub struct EndpointReport {
     /// Address and port.
     pub address: SocketAddr,
+    /// Availability zone, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
     /// Its state.
     pub state: EndpointState,
     /// Requests now in flight to it.

@@ -30,18 +30,24 @@
 //! # Inside
 //!
 //! After tower's discover / load / balance split and linkerd's dns / pool crates:
-//! `dns` looks a name up into a full snapshot; `refresh` asks on the TTL's schedule, clamped,
-//! and keeps the last good answer when DNS fails; `endpoints` holds the set and each
-//! endpoint's load and health (outlier ejection); `picker` chooses by power of two choices;
+//! `dns` looks a name up into a full snapshot; `membership` keeps the members of capped DNS
+//! answers (MULTIVALUE's 8, WEIGHTED's 1) for a while; `cloudmap` is the other source, Cloud
+//! Map's discovery API ([`Source::CloudMap`]), polled by revision; `refresh` asks either on
+//! the TTL's (or the poll's) schedule, clamped, and keeps the last good answer when a lookup
+//! fails; `endpoints` holds the set and each
+//! endpoint's load and health (outlier ejection); `picker` chooses by power of two choices,
+//! within the zone `zone` prefers (Envoy's zone-aware proportions) when zones are known;
 //! `probe` checks new, ejected and failing endpoints off the request path; `retry` is the retry
 //! policy and budget; `hedge` tracks latency and says when to race a slow attempt; `call`
 //! makes the attempts; `metrics` registers the counters. The refresh requested when every attempt of a call fails lives on the shared
 //! state, next to the set it refreshes.
 
 mod call;
+mod cloudmap;
 mod dns;
 mod endpoints;
 mod hedge;
+mod membership;
 mod metrics;
 mod options;
 mod picker;
@@ -49,6 +55,7 @@ mod pool;
 mod probe;
 mod refresh;
 mod retry;
+mod zone;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -64,18 +71,21 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use call::{CallError, Reply};
 pub use options::{
-    EjectionPolicy, HedgePolicy, Options, ProbePolicy, RecordKind, RetryPolicy, Target, TargetHost,
-    TtlBounds,
+    CloudMapOptions, EjectionPolicy, HedgePolicy, LocalZone, Options, ProbePolicy, RecordKind,
+    RetryPolicy, Source, Target, TargetHost, TtlBounds, ZonePolicy,
 };
 
 use call::{Caller, DecodeError};
+use cloudmap::CloudMap;
 use dns::Dns;
 use endpoints::{Discovery, EndpointReport, EndpointSet};
 use hedge::Latency;
+use membership::Membership;
 use metrics::Metrics;
 use pool::{Pool, PoolOptions};
 use probe::Prober;
 use refresh::Refresher;
+use zone::ZoneRouting;
 
 /// A handle on one upstream service: cheap to clone, shared by every request.
 #[derive(Clone)]
@@ -161,6 +171,26 @@ pub(crate) fn test_pool(addr: SocketAddr) -> Pool {
     pool_builder(&Options::default())(addr)
 }
 
+/// The Cloud Map namespace and service to ask: as configured, or else from the target's DNS
+/// name, `<service>.<namespace>`.
+fn cloudmap_names(target: &Target, options: &CloudMapOptions) -> anyhow::Result<(String, String)> {
+    let from_name = match &target.host {
+        TargetHost::Dns(name) => name.trim_end_matches('.').split_once('.'),
+        TargetHost::Ip(_) => None,
+    };
+    let namespace = options
+        .namespace
+        .clone()
+        .or_else(|| from_name.map(|(_, namespace)| namespace.to_owned()));
+    let service = options
+        .service
+        .clone()
+        .or_else(|| from_name.map(|(service, _)| service.to_owned()));
+    namespace.zip(service).context(
+        "Cloud Map discovery needs a target named <service>.<namespace>, or both names given",
+    )
+}
+
 /// What the upstream knows now, to serialize (JSON for a debug route): the service's name,
 /// how discovery stands, and every endpoint with its state (`healthy`, `ejected`, `stale`),
 /// requests in flight and recent failures.
@@ -194,11 +224,34 @@ impl Upstream {
             policy: options.probe.clone(),
         };
         tasks.spawn(prober.run(stop.clone()));
+        if options.zone.enabled {
+            let routing = Arc::new(ZoneRouting::new(&options.zone, registry));
+            shared.endpoints.set_zone_routing(Arc::clone(&routing));
+            if let LocalZone::FromTaskMetadata(uri) = options.zone.local.clone() {
+                // Read once, off the start-up path; picks ignore zones until it is known.
+                tokio::spawn(async move { routing.learn(&uri).await });
+            }
+        }
         match &target.host {
             TargetHost::Ip(ip) => {
                 let fixed = BTreeSet::from([SocketAddr::new(*ip, target.port)]);
                 shared.endpoints.apply(&fixed, Discovery::Fixed);
                 shared.request_probe();
+            }
+            _ if options.source == Source::CloudMap => {
+                let (namespace, service) = cloudmap_names(&target, &options.cloudmap)?;
+                let refresher = Refresher {
+                    lookup: CloudMap::new(
+                        namespace,
+                        service,
+                        target.port,
+                        options.cloudmap.clone(),
+                        registry,
+                    ),
+                    shared: Arc::clone(&shared),
+                    bounds: options.cloudmap.bounds(options.ttl.max),
+                };
+                tasks.spawn(refresher.run(stop.clone()));
             }
             TargetHost::Dns(name) => {
                 let dns = Dns::new(
@@ -209,7 +262,11 @@ impl Upstream {
                     options.dns_timeout,
                 )?;
                 let refresher = Refresher {
-                    lookup: dns,
+                    lookup: Membership::new(
+                        dns,
+                        options.membership_ttl,
+                        Arc::clone(&shared.endpoints),
+                    ),
                     shared: Arc::clone(&shared),
                     bounds: options.ttl,
                 };

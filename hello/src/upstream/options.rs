@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use url::Url;
 
+pub use super::cloudmap::CloudMapOptions;
 pub use super::endpoints::EjectionPolicy;
 pub use super::hedge::HedgePolicy;
 pub use super::probe::ProbePolicy;
 pub use super::refresh::TtlBounds;
 pub use super::retry::RetryPolicy;
+pub use super::zone::{LocalZone, ZonePolicy};
 
 /// The service to call: a DNS name to discover (Cloud Map's `<service>.<namespace>`) or one
 /// fixed address, and the port used with A records and fixed addresses. Parsed from a URL
@@ -120,6 +122,38 @@ impl fmt::Display for RecordKind {
     }
 }
 
+/// Where the instances are listed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Source {
+    /// DNS records of the target's name (Cloud Map's DNS, or any DNS server).
+    #[default]
+    Dns,
+    /// Cloud Map's discovery API (`DiscoverInstances`), for the service and namespace of the
+    /// target's name unless [`CloudMapOptions`] names them.
+    CloudMap,
+}
+
+impl FromStr for Source {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.to_ascii_lowercase().as_str() {
+            "dns" => Ok(Self::Dns),
+            "cloudmap" => Ok(Self::CloudMap),
+            _ => Err("expected one of dns, cloudmap".into()),
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Dns => "dns",
+            Self::CloudMap => "cloudmap",
+        })
+    }
+}
+
 /// How to discover and call the upstream. Every field has a default; change what you need:
 ///
 /// ```
@@ -130,14 +164,23 @@ impl fmt::Display for RecordKind {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Where the instances are listed: DNS or Cloud Map's API.
+    pub source: Source,
+    /// How to ask Cloud Map's API, with [`Source::CloudMap`].
+    pub cloudmap: CloudMapOptions,
     /// Which records to ask for.
     pub record: RecordKind,
+    /// Whether and how picks prefer endpoints in this caller's zone.
+    pub zone: ZonePolicy,
     /// The DNS server to ask, or `None` for those of `/etc/resolv.conf`.
     pub dns_server: Option<SocketAddr>,
     /// Bound on one whole lookup; past it the lookup failed and the last answer stays.
     pub dns_timeout: Duration,
     /// Floor and ceiling on how long an answer is kept.
     pub ttl: TtlBounds,
+    /// How long an address stays a member after the last DNS answer that carried it, when
+    /// answers are capped (8 records rotating, or 1); zero replaces the set with each answer.
+    pub membership_ttl: Duration,
     /// Time allowed to open a connection.
     pub connect_timeout: Duration,
     /// How long an unused connection to an instance stays open.
@@ -160,13 +203,17 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
+            source: Source::Dns,
+            cloudmap: CloudMapOptions::default(),
             record: RecordKind::A,
+            zone: ZonePolicy::default(),
             dns_server: None,
             dns_timeout: Duration::from_secs(2),
             ttl: TtlBounds {
                 min: Duration::from_secs(1),
                 max: Duration::from_secs(30),
             },
+            membership_ttl: Duration::from_secs(60),
             connect_timeout: Duration::from_millis(250),
             idle_timeout: Duration::from_secs(30),
             max_answer_bytes: 4096,
@@ -196,6 +243,8 @@ impl Options {
             ("retry.request_timeout", self.retry.request_timeout),
             ("probe.interval", self.probe.interval),
             ("probe.timeout", self.probe.timeout),
+            ("cloudmap.poll_interval", self.cloudmap.poll_interval),
+            ("cloudmap.timeout", self.cloudmap.timeout),
         ] {
             if duration.is_zero() {
                 return Err(format!("{} must be above zero", name(field)));
@@ -214,6 +263,12 @@ impl Options {
                 self.hedge.min_delay,
                 "hedge.max_delay",
                 self.hedge.max_delay,
+            ),
+            (
+                "cloudmap.poll_interval",
+                self.cloudmap.poll_interval,
+                "cloudmap.full_interval",
+                self.cloudmap.full_interval,
             ),
             (
                 "ejection.base_time",

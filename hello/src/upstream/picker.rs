@@ -11,21 +11,23 @@ use std::sync::Arc;
 use rand::{Rng, RngExt};
 use tokio::time::Instant;
 
-use super::endpoints::Endpoint;
+use super::endpoints::{Endpoint, Endpoints};
 
 /// Picks an endpoint for the next attempt, or `None` when every endpoint has been tried.
-/// Allocates nothing: one pass finds the best tier and counts its candidates, a second finds
-/// the two drawn.
+/// With zone-aware picking on, the zone to draw from is chosen first among the candidates
+/// (`zone`). Allocates nothing without zones: one pass finds the best tier and counts its
+/// candidates, a second finds the two drawn.
 pub fn pick<'a, R: Rng + ?Sized>(
-    endpoints: &'a [Arc<Endpoint>],
+    endpoints: &'a Endpoints,
     tried: &[SocketAddr],
     now: Instant,
     rng: &mut R,
 ) -> Option<&'a Arc<Endpoint>> {
-    let untried = |endpoint: &Arc<Endpoint>| !tried.contains(&endpoint.addr());
+    let untried = |endpoint: &&Arc<Endpoint>| !tried.contains(&endpoint.addr());
+    // The best tier among the untried endpoints, and how many are in it, in one pass.
     let mut best = None;
     let mut count = 0;
-    for endpoint in endpoints.iter().filter(|endpoint| untried(endpoint)) {
+    for endpoint in endpoints.iter().filter(untried) {
         let tier = endpoint.tier(now);
         match best {
             Some(current) if tier > current => {}
@@ -37,14 +39,30 @@ pub fn pick<'a, R: Rng + ?Sized>(
         }
     }
     let best = best?;
-    let mut candidates = endpoints
-        .iter()
-        .filter(|endpoint| untried(endpoint) && endpoint.tier(now) == best);
+    let in_tier = |endpoint: &&Arc<Endpoint>| untried(endpoint) && endpoint.tier(now) == best;
+    if let Some(routing) = endpoints.zone_routing()
+        && let Some(choice) = routing.choose(
+            endpoints.len(),
+            endpoints
+                .iter()
+                .filter(in_tier)
+                .map(|endpoint| endpoint.zone()),
+            rng,
+        )
+    {
+        let in_zone =
+            |endpoint: &&Arc<Endpoint>| in_tier(endpoint) && endpoint.zone() == Some(choice.zone);
+        let picked = power_of_two(endpoints.iter().filter(in_zone), rng);
+        if picked.is_some() {
+            routing.count(choice.local);
+        }
+        return picked;
+    }
+    // Without zones: two distinct candidates drawn by index, found in one more pass.
+    let mut candidates = endpoints.iter().filter(in_tier);
     if count == 1 {
         return candidates.next();
     }
-    // Two distinct candidates, uniformly; the one with fewer requests in flight wins, the first
-    // drawn on a tie.
     let first = rng.random_range(0..count);
     let second = (first + rng.random_range(1..count)) % count;
     let (low, high) = (first.min(second), first.max(second));
@@ -56,6 +74,26 @@ pub fn pick<'a, R: Rng + ?Sized>(
     } else {
         first
     })
+}
+
+/// Draws two distinct candidates uniformly and returns the one with fewer requests in flight.
+fn power_of_two<'a, R: Rng + ?Sized>(
+    candidates: impl Iterator<Item = &'a Arc<Endpoint>> + Clone,
+    rng: &mut R,
+) -> Option<&'a Arc<Endpoint>> {
+    let n = candidates.clone().count();
+    match n {
+        0 => None,
+        1 => candidates.clone().next(),
+        n => {
+            let first = rng.random_range(0..n);
+            // A second index different from the first, uniformly.
+            let second = (first + rng.random_range(1..n)) % n;
+            let a = candidates.clone().nth(first)?;
+            let b = candidates.clone().nth(second)?;
+            Some(if b.in_flight() < a.in_flight() { b } else { a })
+        }
+    }
 }
 
 #[cfg(test)]
@@ -89,7 +127,7 @@ mod tests {
     }
 
     fn tally(
-        endpoints: &[Arc<Endpoint>],
+        endpoints: &Endpoints,
         tried: &[SocketAddr],
         rounds: usize,
     ) -> HashMap<SocketAddr, usize> {
@@ -163,6 +201,54 @@ mod tests {
         ));
         let counts = tally(&endpoints, &[], 50);
         assert_eq!(counts.len(), 2, "all ejected: fail open");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejected_local_zone_spills_over_at_once() {
+        use crate::upstream::zone::{LocalZone, ZonePolicy, ZoneRouting};
+        use std::collections::HashMap;
+
+        let policy = EjectionPolicy {
+            after_failures: 1,
+            base_time: Duration::from_secs(10),
+            max_time: Duration::from_secs(10),
+            max_percent: 100,
+        };
+        let set = EndpointSet::new(policy, "/healthz", crate::upstream::test_pool);
+        let zone_policy = ZonePolicy {
+            local: LocalZone::Named("a".into()),
+            ..ZonePolicy::default()
+        };
+        let routing = ZoneRouting::new(
+            &zone_policy,
+            &mut prometheus_client::registry::Registry::default(),
+        );
+        set.set_zone_routing(Arc::new(routing));
+        let addrs: BTreeSet<SocketAddr> = (1..=6)
+            .map(|i| SocketAddr::from(([10, 0, 0, i], 3000)))
+            .collect();
+        // Two endpoints in each of zones a, b, c: an even spread, every call stays in a.
+        let zones: HashMap<SocketAddr, Arc<str>> = addrs
+            .iter()
+            .zip(["a", "a", "b", "b", "c", "c"])
+            .map(|(addr, zone)| (*addr, Arc::from(zone)))
+            .collect();
+        set.apply_zoned(&addrs, &zones, Discovery::Resolved);
+        let endpoints = set.snapshot().endpoints.clone();
+        for endpoint in &endpoints {
+            endpoint.record_success();
+        }
+        let local = tally(&endpoints, &[], 200);
+        assert_eq!(local.len(), 2, "zone a only: {local:?}");
+
+        for endpoint in endpoints.iter().take(2) {
+            assert!(matches!(
+                set.record_failure(endpoint, Instant::now()),
+                Recorded::Ejected(_)
+            ));
+        }
+        let spilled = tally(&endpoints, &[], 200);
+        assert_eq!(spilled.len(), 4, "zones b and c: {spilled:?}");
     }
 
     #[tokio::test(start_paused = true)]

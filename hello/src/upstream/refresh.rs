@@ -3,7 +3,7 @@
 //! bounds. A failed lookup keeps the last good endpoints (serve-stale, RFC 8767) and retries
 //! with a backoff; a negative answer (NXDOMAIN, no records) is an answer and empties the set.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -81,17 +81,22 @@ impl<L: Lookup> Refresher<L> {
                 Ok(answer) => {
                     failures = 0;
                     self.shared.metrics.dns_refresh(DnsResult::Ok);
-                    self.apply(&answer.addrs, Discovery::Resolved);
+                    self.apply(&answer.addrs, &answer.zones, Discovery::Resolved);
                     self.bounds.clamp(answer.ttl)
                 }
-                Err(err @ LookupError::Negative { ttl, .. }) => {
+                Err(err @ (LookupError::Negative { .. } | LookupError::Unregistered { .. })) => {
                     failures = 0;
                     self.shared.metrics.dns_refresh(DnsResult::Negative);
+                    let ttl = match &err {
+                        LookupError::Negative { ttl, .. } => ttl.unwrap_or_default(),
+                        _ => Duration::ZERO,
+                    };
                     self.apply(
                         &BTreeSet::new(),
+                        &HashMap::new(),
                         Discovery::NoRecords { reason: err.into() },
                     );
-                    self.bounds.clamp(ttl.unwrap_or_default())
+                    self.bounds.clamp(ttl)
                 }
                 Err(err @ LookupError::Failed { .. }) => {
                     failures += 1;
@@ -124,8 +129,13 @@ impl<L: Lookup> Refresher<L> {
         }
     }
 
-    fn apply(&self, addrs: &BTreeSet<SocketAddr>, discovery: Discovery) {
-        let changes = self.shared.endpoints.apply(addrs, discovery);
+    fn apply(
+        &self,
+        addrs: &BTreeSet<SocketAddr>,
+        zones: &HashMap<SocketAddr, Arc<str>>,
+        discovery: Discovery,
+    ) {
+        let changes = self.shared.endpoints.apply_zoned(addrs, zones, discovery);
         if !changes.added.is_empty() {
             // New endpoints have never answered: probe them before they are relied on.
             self.shared.request_probe();
@@ -218,6 +228,7 @@ mod tests {
                     .map(|n| SocketAddr::from(([10, 0, 0, *n], 3000)))
                     .collect(),
                 ttl: Duration::from_secs(ttl),
+                zones: Default::default(),
             })
         }
 

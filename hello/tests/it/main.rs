@@ -4,6 +4,7 @@
 // Helpers outside `#[test]` functions panic on a broken test environment, as tests do.
 #![allow(clippy::unwrap_used)]
 
+mod cloudmap_server;
 mod dns_server;
 mod helpers;
 
@@ -14,9 +15,11 @@ mod greeter;
 
 mod balancing;
 mod broken_upstreams;
+mod cloudmap;
 mod config;
 mod discovery;
 mod failover;
 mod front_door;
 mod hostile;
+mod membership;
 mod responses;
