@@ -10,8 +10,9 @@
 //!   decodes the answer.
 //! - [`Upstream::report`]: what the upstream knows now, for a debug route;
 //!   [`Upstream::known_endpoints`], for readiness.
-//! - The types these take and give: [`Target`], [`Options`] (with [`RecordKind`],
-//!   [`TtlBounds`], [`RetryPolicy`], [`EjectionPolicy`]), [`Reply`], [`CallError`], [`Report`].
+//! - The types these take and give: [`Target`], [`Options`] (with [`Source`], [`RecordKind`],
+//!   [`TtlBounds`], [`RetryPolicy`], [`EjectionPolicy`], [`ProbePolicy`], [`HedgePolicy`] and
+//!   the Cloud Map and zone options), [`Reply`], [`CallError`], [`Report`].
 //!
 //! Everything else inside is private.
 //!
@@ -34,13 +35,13 @@
 //! answers (MULTIVALUE's 8, WEIGHTED's 1) for a while; `cloudmap` is the other source, Cloud
 //! Map's discovery API ([`Source::CloudMap`]), polled by revision; `refresh` asks either on
 //! the TTL's (or the poll's) schedule, clamped, and keeps the last good answer when a lookup
-//! fails; `endpoints` holds the set and each
-//! endpoint's load and health (outlier ejection); `picker` chooses by power of two choices,
+//! fails; `endpoints` holds the set and each endpoint's load and health (outlier ejection); `picker` chooses by power of two choices,
 //! within the zone `zone` prefers (Envoy's zone-aware proportions) when zones are known;
 //! `probe` checks new, ejected and failing endpoints off the request path; `retry` is the retry
 //! policy and budget; `hedge` tracks latency and says when to race a slow attempt; `call`
-//! makes the attempts; `metrics` registers the counters. The refresh requested when every attempt of a call fails lives on the shared
-//! state, next to the set it refreshes.
+//! makes the attempts over `pool`, each endpoint's connections; `metrics` registers the
+//! counters. The refresh and probe requested from the request path live on the shared state,
+//! next to the set they act on.
 
 mod call;
 mod cloudmap;
