@@ -1,5 +1,7 @@
 # One Dockerfile, two images: `name` and `hello`, each a static binary in an empty (`scratch`)
 # image that runs as a non-root user and checks its own health through `<binary> healthcheck`.
+# hello's image also carries a CA bundle at /etc/ssl/certs/ca-certificates.crt, where rustls
+# looks, for HTTPS to Cloud Map's API (DISCOVERY=cloudmap); name's calls nothing over TLS.
 #
 # Two ways to get the binaries into the images; both end in the same runtime stages below.
 #
@@ -12,6 +14,7 @@
 #   From binaries built on the host (CI and offline machines, which cannot pull images):
 #       RUSTFLAGS="-C target-feature=+crt-static" \
 #         cargo build --release --locked --target x86_64-unknown-linux-gnu
+#       cp /etc/ssl/certs/ca-certificates.crt target/      # the host's CA bundle, for hello
 #       docker build --target name-local  -t name  .
 #       docker build --target hello-local -t hello .
 #     or `BINARIES=local docker compose up --build`; `scripts/compose-e2e` does this.
@@ -57,7 +60,9 @@ LABEL hello-name.stage="host-binaries"
 # The bracket globs let a missing binary match nothing instead of failing the build: a build
 # from source with the legacy builder passes through this stage with no binaries on the host.
 # Cargo.lock only keeps the source list from being empty, which the legacy builder rejects.
-COPY Cargo.lock target/${HOST_TARGET}/release/nam[e] target/${HOST_TARGET}/release/hell[o] /out/
+# target/ca-certificates.crt is the host's CA bundle, staged by scripts/compose-lib.sh.
+COPY Cargo.lock target/${HOST_TARGET}/release/nam[e] target/${HOST_TARGET}/release/hell[o] \
+     target/ca-certificate[s].crt /out/
 # An always-present empty directory: copied together with a glob that may match nothing, it
 # keeps the COPY in the next stages from ever having no source.
 WORKDIR /empty
@@ -67,6 +72,7 @@ COPY --from=host-binaries /empty /out/nam[e] /
 
 FROM hello-runtime AS hello-local
 COPY --from=host-binaries /empty /out/hell[o] /
+COPY --from=host-binaries /empty /out/ca-certificate[s].crt /etc/ssl/certs/
 
 # ---------------------------------------------------------------------------------------------
 # Binaries built from source. Static glibc executables (`+crt-static`) for the host's own
@@ -107,6 +113,9 @@ COPY --from=builder /out/name /name
 
 FROM hello-runtime AS hello
 COPY --from=builder /out/hello /hello
+# The Rust image's own bundle: its Dockerfile installs Debian's ca-certificates package and
+# keeps it (rust-lang/docker-rust, */bookworm/slim/Dockerfile).
+COPY --from=builder /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/
 
 # Aliases so that a build argument can pick the path: `--target name-${BINARIES}`.
 FROM name AS name-source

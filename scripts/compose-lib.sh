@@ -28,4 +28,7 @@ build_static_binaries() {
   echo "building static release binaries for ${HOST_TARGET}"
   CARGO_TARGET_DIR="${ROOT}/target" RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release --locked --target "${HOST_TARGET}" --bin name --bin hello
+  # hello's image needs a CA bundle for HTTPS to Cloud Map (Dockerfile, host-binaries stage).
+  cp /etc/ssl/certs/ca-certificates.crt "${ROOT}/target/ca-certificates.crt" \
+    || die "no CA bundle at /etc/ssl/certs/ca-certificates.crt to put in hello's image"
 }

@@ -375,6 +375,136 @@ def ecs_srv_registries_name_a_port(doc: dict) -> list[str]:
     return findings
 
 
+# hello's API mode (DISCOVERY=cloudmap) calls servicediscovery:DiscoverInstances and
+# DiscoverInstancesRevision with the task role's credentials. Neither action has a resource
+# type, so the statement's Resource can only be "*", and what holds it to one service is the
+# condition keys servicediscovery:NamespaceName and servicediscovery:ServiceName, matched
+# against the request's NamespaceName and ServiceName
+# (https://docs.aws.amazon.com/service-authorization/latest/reference/list_awscloudmap.html).
+# A condition that names anything else denies every call (AccessDeniedException at run time,
+# after a deploy that succeeded), and an action more is privilege hello never uses.
+CLOUDMAP_ACTIONS = {"servicediscovery:DiscoverInstances", "servicediscovery:DiscoverInstancesRevision"}
+ECS_TASKS_PRINCIPAL = "ecs-tasks.amazonaws.com"
+
+
+def _select(node, env: dict, doc: dict):
+    """A node with every Fn::If resolved under `env` and Ref AWS::NoValue dropped; other
+    intrinsic functions stay as they are. Raises Unknown when a condition cannot be told."""
+    if isinstance(node, list):
+        items = [_select(v, env, doc) for v in node]
+        return [v for v in items if v is not NO_VALUE]
+    if not isinstance(node, dict):
+        return node
+    if list(node) == ["Ref"] and node["Ref"] == "AWS::NoValue":
+        return NO_VALUE
+    if list(node) == ["Fn::If"]:
+        name, then, otherwise = node["Fn::If"]
+        holds = condition(doc["Conditions"][name], env, doc)
+        if holds is None:
+            raise Unknown(f"condition {name}")
+        return _select(then if holds else otherwise, env, doc)
+    items = {k: _select(v, env, doc) for k, v in node.items()}
+    return {k: v for k, v in items.items() if v is not NO_VALUE}
+
+
+def _if_conditions(node) -> set[str]:
+    """Names of the conditions a node's Fn::If functions test."""
+    if isinstance(node, list):
+        return set().union(set(), *(_if_conditions(v) for v in node))
+    if not isinstance(node, dict):
+        return set()
+    found = {node["Fn::If"][0]} if list(node) == ["Fn::If"] else set()
+    return found.union(*(_if_conditions(v) for v in node.values()))
+
+
+def _switches(doc: dict, node) -> Iterator[dict]:
+    """Every combination of the parameters that decide a node's Fn::If functions and its
+    DISCOVERY variable; the other parameters stay references, compared as written."""
+    names: set[str] = set()
+    for name in _if_conditions(node):
+        names |= _refs(doc["Conditions"][name], doc)
+    for container in node.get("ContainerDefinitions", []):
+        for entry in container.get("Environment", []):
+            if isinstance(entry, dict) and entry.get("Name") == "DISCOVERY":
+                names |= _refs(entry["Value"], doc)
+    names = sorted(names)
+    for combo in itertools.product(*(_allowed(doc, n) for n in names)):
+        yield dict(zip(names, combo))
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def cloudmap_task_role(doc: dict) -> list[str]:
+    """For every value of the parameters, a task definition whose container runs with
+    DISCOVERY=cloudmap has a task role of this template that ecs-tasks.amazonaws.com may assume
+    only for this account (aws:SourceAccount), and that allows exactly DiscoverInstances and
+    DiscoverInstancesRevision on "*", under StringEquals conditions on
+    servicediscovery:NamespaceName and servicediscovery:ServiceName equal to the container's
+    CLOUDMAP_NAMESPACE and CLOUDMAP_SERVICE. With any other DISCOVERY the task has no role."""
+    findings = []
+    roles = dict(resources(doc, "AWS::IAM::Role"))
+    for logical_id, props in resources(doc, "AWS::ECS::TaskDefinition"):
+        try:
+            for env in _switches(doc, props):
+                task = _select(props, env, doc)
+                for container in task.get("ContainerDefinitions", []):
+                    variables = {e["Name"]: e["Value"] for e in container.get("Environment", [])}
+                    mode = variables.get("DISCOVERY", "dns")
+                    (mode,) = evaluate(mode, env, doc)
+                    where = f"{logical_id}/{container.get('Name')} ({env})"
+                    role_arn = task.get("TaskRoleArn")
+                    if mode != "cloudmap":
+                        if role_arn is not None:
+                            findings.append(f"{where}: DISCOVERY={mode} calls no AWS API, yet the task has a role")
+                        continue
+                    role_id = role_arn.get("Fn::GetAtt", [None])[0] if isinstance(role_arn, dict) else None
+                    if role_id not in roles:
+                        findings.append(f"{where}: DISCOVERY=cloudmap without a task role of this template")
+                        continue
+                    findings += _cloudmap_role_findings(where, role_id, _select(roles[role_id], env, doc), variables)
+        except (Unknown, KeyError, ValueError) as e:
+            findings.append(f"{logical_id}: the task role cannot be checked offline: {e}")
+    return findings
+
+
+def _cloudmap_role_findings(where: str, role_id: str, role: dict, variables: dict) -> list[str]:
+    findings = []
+    trust = role.get("AssumeRolePolicyDocument", {}).get("Statement", [])
+    for statement in trust:
+        principals = _as_list(statement.get("Principal", {}).get("Service", []))
+        if principals != [ECS_TASKS_PRINCIPAL]:
+            findings.append(f"{where}: {role_id} trusts {principals}, not only {ECS_TASKS_PRINCIPAL}")
+        if statement.get("Condition", {}).get("StringEquals", {}).get("aws:SourceAccount") != {"Ref": "AWS::AccountId"}:
+            findings.append(f"{where}: {role_id}'s trust policy has no aws:SourceAccount condition on this account")
+    if not trust:
+        findings.append(f"{where}: {role_id} has no trust policy")
+    statements = [st for policy in role.get("Policies", []) for st in policy["PolicyDocument"]["Statement"]]
+    if role.get("ManagedPolicyArns"):
+        findings.append(f"{where}: {role_id} has managed policies, more than the two Cloud Map actions")
+    allowed = set()
+    for st in statements:
+        actions = set(_as_list(st.get("Action", [])))
+        allowed |= actions
+        if st.get("Effect") != "Allow" or not actions <= CLOUDMAP_ACTIONS:
+            findings.append(f"{where}: {role_id} allows {sorted(actions - CLOUDMAP_ACTIONS) or st.get('Effect')}")
+            continue
+        if st.get("Resource") != "*":
+            findings.append(f"{where}: {role_id}: the Cloud Map actions take no resource ARN, Resource must be \"*\"")
+        scope = st.get("Condition", {}).get("StringEquals", {})
+        for key, variable in (("servicediscovery:NamespaceName", "CLOUDMAP_NAMESPACE"),
+                              ("servicediscovery:ServiceName", "CLOUDMAP_SERVICE")):
+            if key not in scope:
+                findings.append(f"{where}: {role_id} does not hold the actions to one {key}")
+            elif scope[key] != variables.get(variable):
+                findings.append(f"{where}: {role_id}'s {key} is {scope[key]!r}, hello asks for "
+                                f"{variable}={variables.get(variable)!r}")
+    if allowed != CLOUDMAP_ACTIONS:
+        findings.append(f"{where}: {role_id} allows {sorted(allowed)}, not exactly {sorted(CLOUDMAP_ACTIONS)}")
+    return findings
+
+
 TEMPLATE_CHECKS: dict[str, Callable[[dict], list[str]]] = {
     f.__name__: f for f in (
         fargate_cpu_memory_pairs,
@@ -383,6 +513,7 @@ TEMPLATE_CHECKS: dict[str, Callable[[dict], list[str]]] = {
         alb_health_check_liveness,
         ec2_description_substitutions,
         ecs_srv_registries_name_a_port,
+        cloudmap_task_role,
     )
 }
 

@@ -71,6 +71,10 @@ def _set_task_size(doc):
     return props
 
 
+def _discover_statement(doc):
+    return doc["Resources"]["TaskRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][0]
+
+
 OLD_DEFECTS = {
     # The issue's findings, put back into today's templates one at a time.
     "1024 CPU with 1024 MiB": ("name", _set_task_size, "fargate_cpu_memory_pairs"),
@@ -92,6 +96,19 @@ OLD_DEFECTS = {
     "SRV registration with both a port and the container": (
         "name", lambda d: d["Resources"]["Service"]["Properties"]["ServiceRegistries"][0].update(
             Port={"Ref": "ContainerPort"}), "ecs_srv_registries_name_a_port"),
+    "task role may call every Cloud Map action": (
+        "hello", lambda d: _discover_statement(d).update(Action="servicediscovery:*"), "cloudmap_task_role"),
+    "task role scoped to another service than hello asks for": (
+        "hello", lambda d: _discover_statement(d)["Condition"]["StringEquals"].update(
+            {"servicediscovery:ServiceName": {"Ref": "NamespaceName"}}), "cloudmap_task_role"),
+    "task role without aws:SourceAccount": (
+        "hello", lambda d: d["Resources"]["TaskRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0].pop(
+            "Condition"), "cloudmap_task_role"),
+    "task role in DNS mode too": (
+        "hello", lambda d: d["Resources"]["TaskDefinition"]["Properties"].update(
+            TaskRoleArn={"Fn::GetAtt": ["TaskRole", "Arn"]}), "cloudmap_task_role"),
+    "API mode without a task role": (
+        "hello", lambda d: d["Resources"]["TaskDefinition"]["Properties"].pop("TaskRoleArn"), "cloudmap_task_role"),
     "stack name pattern lets an apostrophe through": (
         "hello", lambda d: d["Parameters"]["EnvironmentName"].update(AllowedPattern="^.+$"),
         "ec2_description_substitutions"),
@@ -109,3 +126,27 @@ def test_parameter_the_parent_does_not_pass_down_fails():
     del parent["Resources"]["NameStack"]["Properties"]["Parameters"]["TaskSize"]
     text = "scripts/infra-deploy NameTaskSize=512/1024"
     assert deploy_checks.documented_parameters_reachable(text, parent, children()) != []
+
+
+def _stacks(parent: dict) -> dict[str, tuple[str, dict]]:
+    return {logical_id: (props["TemplateURL"].removesuffix(".yml"), props.get("Parameters", {}))
+            for logical_id, props in deploy_checks.resources(parent, "AWS::CloudFormation::Stack")}
+
+
+def _unpassed(parent: dict) -> list[str]:
+    """Parameters of a nested template that parent.yml does not pass: the nested stack would
+    silently keep the parameter's default (DiscoveryMode dns, RoutingPolicy MULTIVALUE) whatever
+    the parent was given."""
+    return [f"{logical_id}: {name}" for logical_id, (child, passed) in _stacks(parent).items()
+            for name in template(child)["Parameters"] if name not in passed]
+
+
+def test_parent_passes_every_nested_parameter():
+    assert _unpassed(template("parent")) == []
+
+
+@pytest.mark.parametrize("stack, name", [("HelloStack", "DiscoveryMode"), ("NameStack", "RoutingPolicy")])
+def test_nested_parameter_the_parent_does_not_pass_fails(stack, name):
+    parent = copy.deepcopy(template("parent"))
+    del parent["Resources"][stack]["Properties"]["Parameters"][name]
+    assert _unpassed(parent) == [f"{stack}: {name}"]

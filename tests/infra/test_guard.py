@@ -67,6 +67,9 @@ BROKEN_REAL_TEMPLATES = {
     "no custom health check": (
         "name", lambda d: d["Resources"]["DiscoveryService"]["Properties"].pop("HealthCheckCustomConfig"),
         "discovery_multivalue_ecs_health"),
+    "routing policy WEIGHTED by default": (
+        "name", lambda d: d["Parameters"]["RoutingPolicy"].update(Default="WEIGHTED"),
+        "discovery_multivalue_ecs_health"),
     "log group without retention": (
         "name", lambda d: d["Resources"]["LogGroup"]["Properties"].pop("RetentionInDays"),
         "log_groups_retention_set"),

@@ -147,6 +147,7 @@ def stack_statuses(env: dict) -> dict[str, str]:
     (["Cpu=512"], "Cpu is not a parameter of parent.yml (sam deploy would drop it silently)"),
     (["NameImageUri=x"], "NameImageUri is set by infra-deploy"),
     (["NameRecordType=CNAME"], "NameRecordType must be A or SRV, not CNAME"),
+    (["NameRoutingPolicy=FAILOVER"], "NameRoutingPolicy must be MULTIVALUE or WEIGHTED, not FAILOVER"),
 ])
 def test_deploy_refuses_bad_input_before_any_aws_call(aws_env, args, message):
     env = dict(aws_env, AWS_ENDPOINT_URL="http://127.0.0.1:9")  # nothing listens: any call would fail
@@ -156,7 +157,7 @@ def test_deploy_refuses_bad_input_before_any_aws_call(aws_env, args, message):
     assert line.startswith(f"infra-deploy: error: {message}"), result.stderr
 
 
-# --- deploy, refuse a record-type change, tear down -----------------------------------------
+# --- deploy, refuse record-type and routing-policy changes, tear down -----------------------------------------
 
 def test_deploy_then_teardown(aws_env):
     stack = "rehearsal"
@@ -191,6 +192,11 @@ def test_deploy_then_teardown(aws_env):
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines()[-1].startswith(
         "infra-deploy: error: NameRecordType cannot change from A to SRV on an existing stack")
+    refused = deploy(aws_env, stack, "NameRoutingPolicy=WEIGHTED")
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1].startswith(
+        "infra-deploy: error: NameRoutingPolicy cannot change from MULTIVALUE to WEIGHTED on an existing stack "
+        "(Cloud Map cannot change a service's routing policy in place)")
 
     (bucket,) = [pid for kind, pid in resources if kind == "AWS::S3::Bucket"]
     (balancer,) = [pid for kind, pid in resources if kind == "AWS::ElasticLoadBalancingV2::LoadBalancer"]
