@@ -27,9 +27,10 @@ REQUEST_TIMEOUT = 10
 MEASUREMENTS: dict[str, str] = {}
 
 
-def run(args: list[str], timeout: float = COMMAND_TIMEOUT) -> str:
+def run(args: list[str], timeout: float = COMMAND_TIMEOUT, env: dict[str, str] | None = None) -> str:
     """Runs a command, returns its stdout, fails with its output when it fails."""
-    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                            env=env)
     if result.returncode != 0:
         raise AssertionError(
             f"{shlex.join(args)} exited {result.returncode}\n"
@@ -127,14 +128,17 @@ class Traffic:
 class Stack:
     """The compose project under test."""
 
-    def __init__(self, compose: list[str], project: str, port: int):
+    def __init__(self, compose: list[str], project: str, port: int,
+                 env: dict[str, str] | None = None):
+        """`env`: the environment of Compose commands (default: this process's)."""
         self.compose = compose
         self.project = project
         self.port = port
+        self.env = env
         self.url = f"http://127.0.0.1:{port}/"
 
     def compose_run(self, *args: str) -> str:
-        return run([*self.compose, *args])
+        return run([*self.compose, *args], env=self.env)
 
     def run_docker(self, *args: str) -> str:
         return run(["docker", *args])
@@ -165,12 +169,16 @@ class Stack:
                 return False
         return True
 
+    def debug_endpoints(self) -> dict:
+        """hello's /debug/endpoints; empty when it does not answer."""
+        try:
+            return requests.get(self.url + "debug/endpoints", timeout=REQUEST_TIMEOUT).json()
+        except (requests.RequestException, ValueError):
+            return {}
+
     def known_endpoints(self) -> int:
         """How many healthy endpoints hello knows, from its /debug/endpoints."""
-        try:
-            body = requests.get(self.url + "debug/endpoints", timeout=REQUEST_TIMEOUT).json()
-        except (requests.RequestException, ValueError):
-            return 0
+        body = self.debug_endpoints()
         return sum(1 for e in body.get("endpoints", []) if e.get("state") == "healthy")
 
     def scale_name(self, replicas: int) -> None:
@@ -190,7 +198,7 @@ class Stack:
 
     def down(self) -> None:
         run([*self.compose, "down", "--volumes", "--remove-orphans", "--rmi", "local",
-             "--timeout", "10"])
+             "--timeout", "10"], env=self.env)
 
 
 def compose_command() -> list[str]:
