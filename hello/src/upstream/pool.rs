@@ -1,15 +1,17 @@
 //! One endpoint's connections: HTTP/1.1 keep-alive connections to a single address, kept idle
 //! in proportion to need. A connection goes back to the pool only when its answer was read to
-//! the end, and only while the pool holds fewer idle connections than the endpoint has
-//! requests in flight; so an endpoint keeps about as many connections as it has concurrent
-//! requests, and an endpoint that one request in a hundred reaches keeps one, not one per
-//! burst. Idle connections close after the idle timeout, and all of them when the endpoint
-//! leaves the set.
+//! the end, and only while the pool holds fewer idle connections than the endpoint's peak of
+//! requests in flight over the last sweep or two (about a second); so an endpoint keeps about
+//! as many connections as its recent concurrency, without closing and reopening them between
+//! bursts, and an endpoint that one request in a hundred reaches keeps one. Each sweep closes
+//! the idle connections beyond that peak and those idle longer than the idle timeout; all of
+//! them close when the endpoint leaves the set.
 //!
 //! hyper's own client adds a pool keyed by scheme and host, a hash per request, URI parsing
 //! and retries of its own; a pool per endpoint needs none of that.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -57,7 +59,11 @@ pub struct PoolOptions {
 pub struct Pool {
     addr: SocketAddr,
     options: PoolOptions,
+    /// Idle connections, the most recently used last.
     idle: Mutex<Vec<Idle>>,
+    /// Peak of requests in flight since the last sweep, and in the sweep before.
+    peak: AtomicUsize,
+    previous_peak: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -80,6 +86,8 @@ impl Pool {
             addr,
             options,
             idle: Mutex::new(Vec::new()),
+            peak: AtomicUsize::new(0),
+            previous_peak: AtomicUsize::new(0),
         }
     }
 
@@ -113,14 +121,19 @@ impl Pool {
     }
 
     /// Gives a connection back after its answer was read to the end, while the pool holds
-    /// fewer idle connections than `in_flight` (the endpoint's requests in flight, this one
-    /// included).
+    /// fewer idle connections than the recent peak of `in_flight` (the endpoint's requests in
+    /// flight, this one included).
     pub fn release(&self, lease: Lease, in_flight: usize) {
         if lease.sender.is_closed() {
             return;
         }
+        let peak = self
+            .peak
+            .fetch_max(in_flight, Ordering::Relaxed)
+            .max(in_flight);
+        let keep = peak.max(self.previous_peak.load(Ordering::Relaxed));
         let mut idle = self.idle();
-        if idle.len() < in_flight {
+        if idle.len() < keep {
             idle.push(Idle {
                 sender: lease.sender,
                 since: Instant::now(),
@@ -128,12 +141,19 @@ impl Pool {
         }
     }
 
-    /// Closes the connections idle longer than the idle timeout.
+    /// Starts a new peak window, and closes the idle connections beyond the last two windows'
+    /// peak (the oldest first) and those idle longer than the idle timeout.
     pub fn sweep(&self, now: Instant) {
+        let last = self.peak.swap(0, Ordering::Relaxed);
+        let before = self.previous_peak.swap(last, Ordering::Relaxed);
+        let keep = last.max(before).max(1);
         let timeout = self.options.idle_timeout;
-        self.idle().retain(|idle| {
+        let mut idle = self.idle();
+        idle.retain(|idle| {
             now.saturating_duration_since(idle.since) < timeout && !idle.sender.is_closed()
         });
+        let excess = idle.len().saturating_sub(keep);
+        idle.drain(..excess);
     }
 
     /// Idle connections now.
