@@ -115,6 +115,17 @@ def names(binary: Path, addresses: list[str], port: int) -> list[subprocess.Pope
     return started
 
 
+def accept_until(listener: socket.socket, stop: threading.Event, serve) -> None:
+    """Serves each accepted connection on a thread of its own until `stop` is set."""
+    while not stop.is_set():
+        try:
+            connection, _ = listener.accept()
+        except socket.timeout:
+            continue
+        threading.Thread(target=serve, args=(connection,), daemon=True).start()
+    listener.close()
+
+
 def endless_server(host: str, port: int, stop: threading.Event) -> None:
     """Answers each request 200 with a chunked body that never ends (bounded at 4 GiB)."""
     listener = socket.create_server((host, port))
@@ -135,13 +146,7 @@ def endless_server(host: str, port: int, stop: threading.Event) -> None:
         finally:
             connection.close()
 
-    while not stop.is_set():
-        try:
-            connection, _ = listener.accept()
-        except socket.timeout:
-            continue
-        threading.Thread(target=serve, args=(connection,), daemon=True).start()
-    listener.close()
+    accept_until(listener, stop, serve)
 
 
 def item1_endless(hello_bin: Path) -> None:
@@ -290,13 +295,7 @@ def status_server(host: str, port: int, status: bytes, stop: threading.Event,
         finally:
             connection.close()
 
-    while not stop.is_set():
-        try:
-            connection, _ = listener.accept()
-        except socket.timeout:
-            continue
-        threading.Thread(target=serve, args=(connection,), daemon=True).start()
-    listener.close()
+    accept_until(listener, stop, serve)
 
 
 def percentile(values: list[float], p: float) -> float:
