@@ -75,6 +75,9 @@ const EJECTED: u8 = 1;
 const PROVEN: u8 = 2;
 /// Failing, but the ejection cap kept it in: a probe will tell whether it is dead.
 const SUSPECT: u8 = 4;
+/// Failures or ejections since the last live answer: a success has history to clear. Kept as a
+/// flag so that the success path of a healthy endpoint takes no lock.
+const TROUBLED: u8 = 8;
 
 /// The picker's preference, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -214,15 +217,17 @@ impl Endpoint {
     /// stays ejected until a probe answers.
     pub fn record_success(&self) {
         let flags = self.flags.load(Ordering::Relaxed);
-        if flags & PROVEN == 0 || flags & SUSPECT != 0 || self.health().consecutive_failures > 0 {
-            let mut health = self.health();
-            health.consecutive_failures = 0;
-            if flags & EJECTED == 0 {
-                health.ejections = 0;
-            }
-            self.flags.fetch_or(PROVEN, Ordering::Relaxed);
-            self.flags.fetch_and(!SUSPECT, Ordering::Relaxed);
+        if flags & (PROVEN | SUSPECT | TROUBLED) == PROVEN {
+            return;
         }
+        let mut health = self.health();
+        health.consecutive_failures = 0;
+        if flags & EJECTED == 0 {
+            health.ejections = 0;
+            self.set(TROUBLED, false);
+        }
+        self.set(PROVEN, true);
+        self.set(SUSPECT, false);
     }
 
     /// The endpoint said it is overloaded: prefer others until `until`.
@@ -523,6 +528,7 @@ impl EndpointSet {
             .count();
         let mut health = endpoint.health();
         health.consecutive_failures = health.consecutive_failures.saturating_add(1);
+        endpoint.set(TROUBLED, true);
         if endpoint.is_ejected() || health.consecutive_failures < self.policy.after_failures {
             return Recorded::Counted;
         }
@@ -545,6 +551,7 @@ impl EndpointSet {
         health.ejected_until = Some(now + duration);
         health.dead = dead;
         endpoint.set(EJECTED, true);
+        endpoint.set(TROUBLED, true);
         endpoint.set(SUSPECT, false);
         duration
     }
