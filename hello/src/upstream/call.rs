@@ -262,7 +262,7 @@ impl Caller {
             }
             tried.push(endpoint.addr());
             let timeout = self.policy.attempt_timeout(deadline - now);
-            let attempt = self.attempt(endpoint, timeout, &decode);
+            let attempt = self.attempt(endpoint, now, timeout, &decode);
             let hedge_after = self
                 .shared
                 .latency
@@ -360,7 +360,7 @@ impl Caller {
         let second_timeout = self
             .policy
             .attempt_timeout(deadline.saturating_duration_since(now));
-        let mut hedge = pin!(self.attempt(second, second_timeout, decode));
+        let mut hedge = pin!(self.attempt(second, now, second_timeout, decode));
         tokio::select! {
             result = &mut attempt => match result {
                 Ok(answer) => done(Ok(answer)),
@@ -444,15 +444,16 @@ impl Caller {
         })
     }
 
-    /// One attempt: `GET /` on the endpoint, the answer read up to the bound and decoded.
+    /// One attempt, started at `started` (the caller's clock reading): `GET /` on the
+    /// endpoint, the answer read up to the bound and decoded.
     async fn attempt<T, E: Into<DecodeError>>(
         &self,
         endpoint: &Endpoint,
+        started: Instant,
         timeout: Duration,
         decode: &impl Fn(&[u8]) -> Result<T, E>,
     ) -> Result<T, AttemptError> {
         let _in_flight = endpoint.start();
-        let started = Instant::now();
         let fail = |outcome, kind| AttemptError {
             endpoint: endpoint.addr(),
             kind,
