@@ -364,7 +364,7 @@ fn variable(field: &'static str) -> &'static str {
 }
 
 fn parse_probe_path(value: &str) -> Result<String, String> {
-    match value.parse::<hyper::Uri>() {
+    match value.parse::<http::Uri>() {
         Ok(uri) if value.starts_with('/') && uri.scheme().is_none() => Ok(value.to_owned()),
         _ => Err("expected a path such as /healthz".into()),
     }

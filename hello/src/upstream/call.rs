@@ -13,17 +13,15 @@ use std::time::Duration;
 use std::future::Future;
 use std::pin::pin;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::body::{Body, Incoming};
-use hyper::header::{ACCEPT, HOST, HeaderMap, HeaderValue, RETRY_AFTER, VIA};
-use hyper::{Request, StatusCode, Uri};
+use http::StatusCode;
 use tokio::time::Instant;
 
 use super::Shared;
 use super::endpoints::{Cause, Discovery, Endpoint, Recorded, Snapshot};
+use super::http1::WireError;
 use super::metrics::AttemptOutcome;
 use super::picker;
+use super::pool::PoolError;
 use super::retry::{RetryBudget, RetryPolicy};
 
 /// The most endpoints one call tries; `RetryPolicy::max_attempts` is at most this.
@@ -184,7 +182,6 @@ pub(crate) struct Caller {
     pub(crate) policy: RetryPolicy,
     pub(crate) budget: RetryBudget,
     pub(crate) max_answer_bytes: usize,
-    pub(crate) via: Option<HeaderValue>,
 }
 
 /// The endpoints a call has tried, in order; no allocation.
@@ -461,25 +458,30 @@ impl Caller {
             retry_after: None,
         };
         let request = async {
-            let mut request = Request::new(Empty::<Bytes>::new());
-            *request.uri_mut() = Uri::from_static("/");
-            let headers = request.headers_mut();
-            headers.insert(HOST, endpoint.host().clone());
-            headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
-            if let Some(via) = &self.via {
-                headers.insert(VIA, via.clone());
-            }
-            let (response, lease) = endpoint.pool().send(request).await.map_err(|err| {
-                let outcome = if err.is_connect() {
-                    AttemptOutcome::ConnectError
-                } else {
-                    AttemptOutcome::BadResponse
-                };
-                fail(outcome, AttemptErrorKind::Http(err.into()))
-            })?;
-            let status = response.status();
+            let pool = endpoint.pool();
+            let answer = pool
+                .send(endpoint.call_head(), Some(self.max_answer_bytes))
+                .await
+                .map_err(|err| match err {
+                    PoolError::Wire(WireError::TooLarge(limit)) => {
+                        self.shared.metrics.answer_too_large();
+                        fail(
+                            AttemptOutcome::BadResponse,
+                            AttemptErrorKind::TooLarge(limit),
+                        )
+                    }
+                    err => {
+                        let outcome = if err.is_connect() {
+                            AttemptOutcome::ConnectError
+                        } else {
+                            AttemptOutcome::BadResponse
+                        };
+                        fail(outcome, AttemptErrorKind::Http(err.into()))
+                    }
+                })?;
+            let status = answer.status();
             if !status.is_success() {
-                let retry_after = retry_after(response.headers());
+                let retry_after = answer.retry_after();
                 return Err(AttemptError {
                     retry_after,
                     ..fail(
@@ -488,17 +490,10 @@ impl Caller {
                     )
                 });
             }
-            let (first, joined) = read_bounded(response.into_body(), self.max_answer_bytes)
-                .await
-                .map_err(|kind| {
-                    if matches!(kind, AttemptErrorKind::TooLarge(_)) {
-                        self.shared.metrics.answer_too_large();
-                    }
-                    fail(AttemptOutcome::BadResponse, kind)
-                })?;
+            let decoded = decode(answer.body());
             // Read to the end: the connection can serve the next request.
-            endpoint.pool().release(lease, endpoint.in_flight());
-            decode(first.as_deref().unwrap_or(&joined)).map_err(|err| {
+            pool.release(answer, endpoint.in_flight());
+            decoded.map_err(|err| {
                 fail(
                     AttemptOutcome::BadResponse,
                     AttemptErrorKind::Decode(err.into()),
@@ -542,43 +537,4 @@ fn status_outcome(status: StatusCode, retry_after: Option<Duration>) -> AttemptO
     } else {
         AttemptOutcome::BadResponse
     }
-}
-
-/// Reads an answer's body to its end, but no more than `limit` bytes, whatever the instance
-/// sends: an endless body costs `limit` bytes, not memory until the kernel steps in. The usual
-/// answer is one frame, returned where it lies; several are joined.
-async fn read_bounded(
-    mut body: Incoming,
-    limit: usize,
-) -> Result<(Option<Bytes>, Vec<u8>), AttemptErrorKind> {
-    if body.size_hint().lower() > limit as u64 {
-        return Err(AttemptErrorKind::TooLarge(limit));
-    }
-    let mut first: Option<Bytes> = None;
-    let mut joined = Vec::new();
-    let mut read = 0;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|err| AttemptErrorKind::Http(err.into()))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        read += data.len();
-        if read > limit {
-            return Err(AttemptErrorKind::TooLarge(limit));
-        }
-        match first.take() {
-            None if joined.is_empty() => first = Some(data),
-            earlier => {
-                joined.extend_from_slice(earlier.as_deref().unwrap_or_default());
-                joined.extend_from_slice(&data);
-            }
-        }
-    }
-    Ok((first, joined))
-}
-
-/// `Retry-After` in seconds; an HTTP date counts as one second.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
-    Some(Duration::from_secs(value.trim().parse().unwrap_or(1)))
 }

@@ -18,13 +18,14 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use hyper::Uri;
-use hyper::header::HeaderValue;
+use http::Uri;
+use http::header::HeaderValue;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::dns::LookupError;
+use super::http1;
 use super::pool::Pool;
 use super::zone::ZoneRouting;
 
@@ -90,16 +91,36 @@ pub enum Tier {
     Ejected = 2,
 }
 
+/// What is asked of every endpoint, besides the call's `GET /`.
+#[derive(Debug, Clone)]
+pub struct Requests {
+    /// The health probe's path.
+    pub probe_path: Uri,
+    /// A `Via` entry for calls.
+    pub via: Option<HeaderValue>,
+}
+
+impl Requests {
+    /// Probes of `probe_path` (`/` when it is not a path: the options were not validated),
+    /// calls with `via`.
+    pub fn new(probe_path: &str, via: Option<HeaderValue>) -> Self {
+        Self {
+            probe_path: probe_path.parse().unwrap_or_else(|_| Uri::from_static("/")),
+            via,
+        }
+    }
+}
+
 /// One instance of the upstream.
 #[derive(Debug)]
 pub struct Endpoint {
     addr: SocketAddr,
     /// The availability zone, when discovery says (Cloud Map's API does, DNS does not).
     zone: Option<Arc<str>>,
-    /// The `Host` header of requests to it, made once.
-    host: HeaderValue,
-    /// The health probe's path, parsed once.
-    probe_path: Uri,
+    /// The call's request head (`GET /`), made once.
+    call_head: Box<[u8]>,
+    /// The health probe's request head, made once.
+    probe_head: Box<[u8]>,
     /// This endpoint's own connection pool, so that the endpoint's idle connections close when
     /// it leaves the set.
     pool: Pool,
@@ -128,16 +149,23 @@ impl Endpoint {
         addr: SocketAddr,
         zone: Option<Arc<str>>,
         pool: Pool,
-        probe_path: &Uri,
+        requests: &Requests,
         epoch: Instant,
     ) -> Self {
+        // An address and port are always a valid header value.
+        let host = HeaderValue::from_str(&addr.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        let accept = HeaderValue::from_static("application/json");
         Self {
             addr,
             zone,
-            // An address and port are always a valid header value.
-            host: HeaderValue::from_str(&addr.to_string())
-                .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
-            probe_path: probe_path.clone(),
+            call_head: http1::request_head(
+                &Uri::from_static("/"),
+                &host,
+                Some(&accept),
+                requests.via.as_ref(),
+            ),
+            probe_head: http1::request_head(&requests.probe_path, &host, None, None),
             pool,
             in_flight: AtomicUsize::new(0),
             flags: AtomicU8::new(0),
@@ -157,14 +185,14 @@ impl Endpoint {
         self.zone.as_deref()
     }
 
-    /// The `Host` header of requests to this endpoint.
-    pub fn host(&self) -> &HeaderValue {
-        &self.host
+    /// The call's request head: `GET /` with `Host`, `Accept: application/json` and `Via`.
+    pub fn call_head(&self) -> &[u8] {
+        &self.call_head
     }
 
-    /// The path of the instance's health probe.
-    pub fn probe_path(&self) -> &Uri {
-        &self.probe_path
+    /// The health probe's request head: `GET <probe path>` with `Host`.
+    pub fn probe_head(&self) -> &[u8] {
+        &self.probe_head
     }
 
     /// The connection pool to call this endpoint with.
@@ -394,7 +422,7 @@ pub fn diff(current: &[Arc<Endpoint>], next: &BTreeSet<SocketAddr>) -> Diff {
 pub struct EndpointSet {
     current: watch::Sender<Arc<Snapshot>>,
     policy: EjectionPolicy,
-    probe_path: Uri,
+    requests: Requests,
     epoch: Instant,
     /// Held from counting the ejected endpoints to ejecting one, so that endpoints failing at
     /// the same moment cannot together exceed the cap. Taken on the failure path only.
@@ -405,11 +433,11 @@ pub struct EndpointSet {
 }
 
 impl EndpointSet {
-    /// An empty set; `new_pool` makes each new endpoint's connection pool, `probe_path` is
-    /// the path health probes ask for.
+    /// An empty set; `new_pool` makes each new endpoint's connection pool, `requests` says
+    /// what is asked of each endpoint.
     pub fn new(
         policy: EjectionPolicy,
-        probe_path: &str,
+        requests: Requests,
         new_pool: impl Fn(SocketAddr) -> Pool + Send + Sync + 'static,
     ) -> Self {
         let empty = Snapshot {
@@ -419,8 +447,7 @@ impl EndpointSet {
         Self {
             current: watch::Sender::new(Arc::new(empty)),
             policy,
-            // A path that is not one (the options were not validated) probes `/`.
-            probe_path: probe_path.parse().unwrap_or_else(|_| Uri::from_static("/")),
+            requests,
             epoch: Instant::now(),
             ejecting: Mutex::new(()),
             new_pool: Box::new(new_pool),
@@ -468,7 +495,7 @@ impl EndpointSet {
                         *addr,
                         zones.get(addr).cloned(),
                         (self.new_pool)(*addr),
-                        &self.probe_path,
+                        &self.requests,
                         self.epoch,
                     )),
                 }
@@ -713,7 +740,11 @@ mod tests {
     }
 
     fn set_of(last_octets: &[u8]) -> EndpointSet {
-        let set = EndpointSet::new(policy(), "/healthz", crate::upstream::test_pool);
+        let set = EndpointSet::new(
+            policy(),
+            Requests::new("/healthz", None),
+            crate::upstream::test_pool,
+        );
         set.apply(&addrs(last_octets), Discovery::Resolved);
         set
     }

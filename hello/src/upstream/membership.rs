@@ -121,7 +121,7 @@ impl<L: Lookup> Lookup for Membership<L> {
 mod tests {
     use super::*;
 
-    use crate::upstream::endpoints::EjectionPolicy;
+    use crate::upstream::endpoints::{EjectionPolicy, Requests};
 
     struct Never;
 
@@ -138,7 +138,7 @@ mod tests {
     fn membership() -> Membership<Never> {
         let endpoints = Arc::new(EndpointSet::new(
             EjectionPolicy::default(),
-            "/healthz",
+            Requests::new("/healthz", None),
             crate::upstream::test_pool,
         ));
         Membership::new(Never, Duration::from_secs(60), endpoints)

@@ -48,6 +48,7 @@ mod cloudmap;
 mod dns;
 mod endpoints;
 mod hedge;
+mod http1;
 mod membership;
 mod metrics;
 mod options;
@@ -63,7 +64,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use hyper::header::HeaderValue;
+use http::header::HeaderValue;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -79,7 +80,7 @@ pub use options::{
 use call::{Caller, DecodeError};
 use cloudmap::CloudMap;
 use dns::Dns;
-use endpoints::{Discovery, EndpointReport, EndpointSet};
+use endpoints::{Discovery, EndpointReport, EndpointSet, Requests};
 use hedge::Latency;
 use membership::Membership;
 use metrics::Metrics;
@@ -115,10 +116,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn new(options: &Options, registry: &mut Registry) -> Arc<Self> {
+    fn new(options: &Options, via: Option<HeaderValue>, registry: &mut Registry) -> Arc<Self> {
         let endpoints = Arc::new(EndpointSet::new(
             options.ejection,
-            &options.probe.path,
+            Requests::new(&options.probe.path, via),
             pool_builder(options),
         ));
         let metrics = Metrics::register(registry, Arc::clone(&endpoints));
@@ -153,7 +154,7 @@ impl Shared {
 
     #[cfg(test)]
     pub(crate) fn for_tests() -> Arc<Self> {
-        Self::new(&Options::default(), &mut Registry::default())
+        Self::new(&Options::default(), None, &mut Registry::default())
     }
 }
 
@@ -211,13 +212,13 @@ impl Upstream {
         options: Options,
         registry: &mut Registry,
     ) -> anyhow::Result<Self> {
-        let shared = Shared::new(&options, registry);
         let via = options
             .via
             .as_deref()
             .map(HeaderValue::from_str)
             .transpose()
             .context("the Via value is not a valid header value")?;
+        let shared = Shared::new(&options, via, registry);
         let stop = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
         let prober = Prober {
@@ -280,7 +281,6 @@ impl Upstream {
             policy: options.retry,
             budget: options.retry.budget(),
             max_answer_bytes: options.max_answer_bytes,
-            via,
         };
         Ok(Self {
             inner: Arc::new(Inner {

@@ -106,7 +106,7 @@ mod tests {
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
-    use crate::upstream::endpoints::{Discovery, EjectionPolicy, EndpointSet, Recorded};
+    use crate::upstream::endpoints::{Discovery, EjectionPolicy, EndpointSet, Recorded, Requests};
 
     fn set_of(n: u8) -> EndpointSet {
         let policy = EjectionPolicy {
@@ -115,7 +115,11 @@ mod tests {
             max_time: Duration::from_secs(10),
             max_percent: 100,
         };
-        let set = EndpointSet::new(policy, "/healthz", crate::upstream::test_pool);
+        let set = EndpointSet::new(
+            policy,
+            Requests::new("/healthz", None),
+            crate::upstream::test_pool,
+        );
         let addrs: BTreeSet<SocketAddr> = (1..=n)
             .map(|i| SocketAddr::from(([10, 0, 0, i], 3000)))
             .collect();
@@ -214,7 +218,11 @@ mod tests {
             max_time: Duration::from_secs(10),
             max_percent: 100,
         };
-        let set = EndpointSet::new(policy, "/healthz", crate::upstream::test_pool);
+        let set = EndpointSet::new(
+            policy,
+            Requests::new("/healthz", None),
+            crate::upstream::test_pool,
+        );
         let zone_policy = ZonePolicy {
             local: LocalZone::Named("a".into()),
             ..ZonePolicy::default()

@@ -8,10 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::Request;
-use hyper::header::HOST;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -122,11 +118,8 @@ impl Prober {
 /// One probe: true when the endpoint answers 2xx within `timeout`. The body is not read: the
 /// connection closes with the answer rather than going back to the pool half-read.
 async fn probe(endpoint: &Endpoint, timeout: Duration) -> bool {
-    let mut request = Request::new(Empty::<Bytes>::new());
-    *request.uri_mut() = endpoint.probe_path().clone();
-    request.headers_mut().insert(HOST, endpoint.host().clone());
     matches!(
-        tokio::time::timeout(timeout, endpoint.pool().send(request)).await,
-        Ok(Ok((response, _))) if response.status().is_success()
+        tokio::time::timeout(timeout, endpoint.pool().send(endpoint.probe_head(), None)).await,
+        Ok(Ok(answer)) if answer.status().is_success()
     )
 }

@@ -23,3 +23,4 @@ mod front_door;
 mod hostile;
 mod membership;
 mod responses;
+mod wire;
