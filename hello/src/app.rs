@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
@@ -102,49 +102,35 @@ fn greeting_json(
     push_json_str(&mut out, name_instance);
     out.extend_from_slice(b",\"endpoint\":\"");
     // An address and port never need escaping.
+    let mut decimal = itoa::Buffer::new();
     match endpoint {
         SocketAddr::V4(v4) => {
             for (i, octet) in v4.ip().octets().into_iter().enumerate() {
                 if i > 0 {
                     out.push(b'.');
                 }
-                push_decimal(&mut out, octet.into());
+                out.extend_from_slice(decimal.format(octet).as_bytes());
             }
             out.push(b':');
-            push_decimal(&mut out, v4.port().into());
+            out.extend_from_slice(decimal.format(v4.port()).as_bytes());
         }
         SocketAddr::V6(v6) => {
             let _ = write!(out, "{v6}");
         }
     }
     out.extend_from_slice(b"\",\"attempts\":");
-    push_decimal(&mut out, attempts);
+    out.extend_from_slice(decimal.format(attempts).as_bytes());
     out.push(b'}');
     out
 }
 
-/// Appends `value` in decimal, without the formatting machinery.
-fn push_decimal(out: &mut Vec<u8>, value: u32) {
-    let mut digits = [0u8; 10];
-    let mut start = digits.len();
-    let mut rest = value;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[start..]);
-}
-
 /// Appends `value` as a JSON string.
 fn push_json_str(out: &mut Vec<u8>, value: &str) {
-    if value
-        .bytes()
-        .any(|byte| byte < 0x20 || byte == b'"' || byte == b'\\')
-    {
+    // Without early exit, so that it vectorizes: the strings are short, the check is per byte.
+    let needs_escape = value.bytes().fold(false, |found, byte| {
+        found | (byte < 0x20) | (byte == b'"') | (byte == b'\\')
+    });
+    if needs_escape {
         // Writing into a Vec cannot fail, and a string always serializes.
         let _ = serde_json::to_writer(&mut *out, value);
     } else {
@@ -154,8 +140,10 @@ fn push_json_str(out: &mut Vec<u8>, value: &str) {
     }
 }
 
-async fn hello(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, AppError> {
-    if came_through_hello(&headers) {
+/// `GET /`. Takes the request whole: the `HeaderMap` extractor would clone the headers.
+async fn hello(State(state): State<AppState>, request: Request) -> Result<Response, AppError> {
+    let headers = request.headers();
+    if came_through_hello(headers) {
         // A record that points back at hello (a misconfigured name, a reused address) would
         // make every request call hello again, without end: refuse at once, never amplify.
         state.loops.inc();
@@ -165,7 +153,8 @@ async fn hello(State(state): State<AppState>, headers: HeaderMap) -> Result<Resp
         )
             .into_response());
     }
-    let json = common::wants_json(&headers);
+    let json = common::wants_json(headers);
+    drop(request);
     let reply = match state.upstream.call(NameAnswer::decode).await {
         Ok(reply) => reply,
         Err(error) => {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 
 use http::StatusCode;
 use tokio::time::Instant;
@@ -259,27 +259,32 @@ impl Caller {
             }
             tried.push(endpoint.addr());
             let timeout = self.policy.attempt_timeout(deadline - now);
-            let attempt = self.attempt(endpoint, now, timeout, &decode);
+            let mut attempt = pin!(self.attempt(endpoint, now, timeout, &decode));
             let hedge_after = self
                 .shared
                 .latency
                 .hedge_delay()
                 .filter(|delay| tried.len < max_attempts && *delay < timeout);
-            let finished = match hedge_after {
-                None => Finished {
+            let first = match hedge_after {
+                None => Some(attempt.as_mut().await),
+                Some(delay) => tokio::select! {
+                    biased;
+                    result = attempt.as_mut() => Some(result),
+                    () = tokio::time::sleep(delay) => None,
+                },
+            };
+            let finished = match first {
+                Some(result) => Finished {
                     endpoint,
                     timeout,
-                    result: attempt.await,
+                    result,
                 },
-                Some(delay) => {
-                    let first = Finished {
-                        endpoint,
-                        timeout,
-                        result: Ok(()),
-                    };
-                    self.race(
-                        attempt, first, delay, &snapshot, &mut tried, deadline, &decode,
-                    )
+                // Slow to answer: race a hedge. Its future is boxed, so that the common path's
+                // future, moved on every request, stays small.
+                None => {
+                    Box::pin(self.hedge(
+                        attempt, endpoint, timeout, &snapshot, &mut tried, deadline, &decode,
+                    ))
                     .await
                 }
             };
@@ -321,32 +326,26 @@ impl Caller {
         }))
     }
 
-    /// Runs `attempt` on `first.endpoint`; if it has not answered after `delay`, sends a
+    /// Goes on with `attempt`, on `first` and already slower than the hedge delay: sends a
     /// hedge to another endpoint (paid from the retry budget) and goes on with whichever
     /// answers first. The attempt that failed or lost is settled here; the one returned is
     /// the caller's to settle.
     #[allow(clippy::too_many_arguments)]
-    async fn race<'s, T, E: Into<DecodeError>>(
+    async fn hedge<'s, T, E: Into<DecodeError>>(
         &self,
-        attempt: impl Future<Output = Result<T, AttemptError>>,
-        first: Finished<'s, ()>,
-        delay: Duration,
+        mut attempt: Pin<&mut impl Future<Output = Result<T, AttemptError>>>,
+        first: &'s Arc<Endpoint>,
+        first_timeout: Duration,
         snapshot: &'s Snapshot,
         tried: &mut Tried,
         deadline: Instant,
         decode: &impl Fn(&[u8]) -> Result<T, E>,
     ) -> Finished<'s, T> {
-        let mut attempt = pin!(attempt);
         let done = |result| Finished {
-            endpoint: first.endpoint,
-            timeout: first.timeout,
+            endpoint: first,
+            timeout: first_timeout,
             result,
         };
-        tokio::select! {
-            biased;
-            result = &mut attempt => return done(result),
-            () = tokio::time::sleep(delay) => {}
-        }
         let now = Instant::now();
         let hedge_to = picker::pick(&snapshot.endpoints, tried.as_slice(), now, &mut rand::rng());
         let Some(second) = hedge_to.filter(|_| self.budget.withdraw()) else {
@@ -359,10 +358,10 @@ impl Caller {
             .attempt_timeout(deadline.saturating_duration_since(now));
         let mut hedge = pin!(self.attempt(second, now, second_timeout, decode));
         tokio::select! {
-            result = &mut attempt => match result {
+            result = attempt.as_mut() => match result {
                 Ok(answer) => done(Ok(answer)),
                 Err(err) => {
-                    self.settle(first.endpoint, &err, first.timeout);
+                    self.settle(first, &err, first_timeout);
                     Finished { endpoint: second, timeout: second_timeout, result: hedge.await }
                 }
             },
@@ -372,7 +371,7 @@ impl Caller {
                     // The first attempt is abandoned: slow enough to lose is held against
                     // its endpoint, so a black-holed one is ejected after a few calls.
                     self.shared.metrics.attempt(AttemptOutcome::LostToHedge);
-                    self.blame(first.endpoint, &"lost to a hedge");
+                    self.blame(first, &"lost to a hedge");
                     Finished { endpoint: second, timeout: second_timeout, result: Ok(answer) }
                 }
                 Err(err) => {
