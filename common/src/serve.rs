@@ -21,7 +21,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderMap, header};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -109,11 +109,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let router = with_tracing(router);
     let mut http = hyper::server::conn::http1::Builder::new();
-    // hyper's own header timer starts when the connection is ready for a request, so it bounds
-    // idle time plus head; the head alone is bounded per connection below.
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.idle_timeout + limits.header_read_timeout)
-        .keep_alive(true);
+    // The idle and head timeouts are the connection's own (`Guarded`): hyper's header timer
+    // would start a boxed timer per request.
+    http.header_read_timeout(None).keep_alive(true);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
@@ -151,7 +149,7 @@ pub async fn serve(
         let io = TokioIo::new(Guarded::new(
             stream,
             Arc::clone(&phase),
-            limits.header_read_timeout,
+            &limits,
             metrics.slow_closed.clone(),
         ));
         let router = router.clone();
@@ -214,30 +212,75 @@ const HEAD: u8 = 1;
 /// The head is complete; the request is being handled.
 const BUSY: u8 = 2;
 
-/// A client connection that fails its reads once a request head has been arriving for longer
-/// than the header timeout. The phase moves to `HEAD` on the first byte read while idle, to
-/// `BUSY` when the router gets the request, and back to `IDLE` when the answer is written.
+/// A client connection that fails its reads once it has waited for a request longer than the
+/// idle timeout, or a request head has been arriving for longer than the header timeout. The
+/// phase moves to `HEAD` on the first byte read while idle, to `BUSY` when the router gets the
+/// request, and back to `IDLE` when the answer is written.
+///
+/// A request costs no timer work: the head's timer is reset at the first byte but registered
+/// only if the head takes more than one read, and the idle timer, armed once, is moved to the
+/// latest idle deadline only when it fires (the answers since then have pushed it back).
 struct Guarded {
     stream: TcpStream,
     phase: Arc<AtomicU8>,
-    timeout: Duration,
-    deadline: Pin<Box<Sleep>>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    /// Since when the connection has waited for a request: its start, or the last answer.
+    idle_since: Instant,
+    /// Fires no later than `idle_since + idle_timeout`.
+    idle: Pin<Box<Sleep>>,
+    /// Fires `header_timeout` after the head's first byte.
+    head: Pin<Box<Sleep>>,
     slow_closed: Counter,
 }
 
 impl Guarded {
-    fn new(
-        stream: TcpStream,
-        phase: Arc<AtomicU8>,
-        timeout: Duration,
-        slow_closed: Counter,
-    ) -> Self {
+    fn new(stream: TcpStream, phase: Arc<AtomicU8>, limits: &Limits, slow_closed: Counter) -> Self {
+        let now = Instant::now();
         Self {
             stream,
             phase,
-            timeout,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            header_timeout: limits.header_read_timeout,
+            idle_timeout: limits.idle_timeout,
+            idle_since: now,
+            idle: Box::pin(tokio::time::sleep_until(now + limits.idle_timeout)),
+            head: Box::pin(tokio::time::sleep_until(now + limits.header_read_timeout)),
             slow_closed,
+        }
+    }
+
+    /// An error when the phase's deadline has passed; otherwise the timer is set to wake the
+    /// connection at it.
+    fn check_deadline(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
+        match self.phase.load(Ordering::Relaxed) {
+            HEAD if self.head.as_mut().poll(cx).is_ready() => {
+                self.slow_closed.inc();
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "request head not received in time",
+                ))
+            }
+            IDLE => {
+                while self.idle.as_mut().poll(cx).is_ready() {
+                    let deadline = self.idle_since + self.idle_timeout;
+                    if Instant::now() >= deadline {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no request within the idle timeout",
+                        ));
+                    }
+                    self.idle.as_mut().reset(deadline);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The answer is being written: the wait for the next request starts.
+    fn answering(&mut self) {
+        if self.phase.swap(IDLE, Ordering::Relaxed) != IDLE {
+            self.idle_since = Instant::now();
         }
     }
 }
@@ -249,14 +292,7 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if this.phase.load(Ordering::Relaxed) == HEAD && this.deadline.as_mut().poll(cx).is_ready()
-        {
-            this.slow_closed.inc();
-            return Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "request head not received in time",
-            )));
-        }
+        this.check_deadline(cx)?;
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
         if buf.filled().len() > before
@@ -265,8 +301,8 @@ impl AsyncRead for Guarded {
                 .compare_exchange(IDLE, HEAD, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            let deadline = Instant::now() + this.timeout;
-            this.deadline.as_mut().reset(deadline);
+            let deadline = Instant::now() + this.header_timeout;
+            this.head.as_mut().reset(deadline);
         }
         Poll::Ready(Ok(()))
     }
@@ -278,7 +314,7 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.phase.store(IDLE, Ordering::Relaxed);
+        self.answering();
         Pin::new(&mut self.stream).poll_write(cx, data)
     }
 
@@ -287,7 +323,7 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        self.phase.store(IDLE, Ordering::Relaxed);
+        self.answering();
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 

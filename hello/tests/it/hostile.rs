@@ -81,6 +81,51 @@ async fn slow_clients_are_closed_once_the_header_timeout_passes() {
 }
 
 #[tokio::test]
+async fn idle_connections_close_after_the_idle_timeout_and_answers_push_it_back() {
+    let cluster = Cluster::new(1)
+        .configure(|config| config.listen.idle_timeout = ms(400))
+        .start()
+        .await;
+    let addr: std::net::SocketAddr = cluster
+        .hello
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let request = b"GET /healthz HTTP/1.1\r\nhost: hello\r\n\r\n";
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+
+    // `busy` asks every 200 ms for a second: each answer starts its idle time again.
+    let mut answer = [0u8; 1024];
+    for _ in 0..5 {
+        busy.write_all(request).await.unwrap();
+        let read = busy.read(&mut answer).await.unwrap();
+        assert!(
+            answer[..read].starts_with(b"HTTP/1.1 200"),
+            "busy connection closed"
+        );
+        tokio::time::sleep(ms(200)).await;
+    }
+    let busy_for = started.elapsed();
+    let silent_read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut answer)).await;
+    let busy_read = tokio::time::timeout(Duration::from_secs(5), busy.read(&mut answer)).await;
+
+    assert!(busy_for >= ms(1000), "{busy_for:?}");
+    assert_eq!(
+        silent_read.expect("silent connection left open").ok(),
+        Some(0)
+    );
+    assert_eq!(busy_read.expect("idle connection left open").ok(), Some(0));
+    assert!(
+        started.elapsed() < busy_for + Duration::from_secs(2),
+        "closed late: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn shutdown_ends_within_its_deadline_while_slow_clients_hold_connections() {
     let mut config = hello_config();
     config.listen.header_read_timeout = Duration::from_secs(600);
