@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use std::future::Future;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 
 use http::StatusCode;
 use tokio::time::Instant;
@@ -226,7 +226,8 @@ impl Caller {
     where
         E: Into<DecodeError>,
     {
-        let deadline = Instant::now() + self.policy.request_timeout;
+        let started = Instant::now();
+        let deadline = started + self.policy.request_timeout;
         self.budget.deposit();
         let snapshot = self.shared.endpoints.snapshot();
         if snapshot.endpoints.is_empty() {
@@ -238,7 +239,11 @@ impl Caller {
         let mut last = None;
         let mut stopped = Stopped::Exhausted;
         while tried.len < max_attempts {
-            let now = Instant::now();
+            let now = if tried.len == 0 {
+                started
+            } else {
+                Instant::now()
+            };
             if now >= deadline {
                 stopped = Stopped::Deadline(self.policy.request_timeout);
                 break;
@@ -259,31 +264,40 @@ impl Caller {
             }
             tried.push(endpoint.addr());
             let timeout = self.policy.attempt_timeout(deadline - now);
-            let mut attempt = pin!(self.attempt(endpoint, now, timeout, &decode));
+            let mut attempt = pin!(self.attempt(endpoint, now, &decode));
             let hedge_after = self
                 .shared
                 .latency
                 .hedge_delay()
                 .filter(|delay| tried.len < max_attempts && *delay < timeout);
-            let first = match hedge_after {
-                None => Some(attempt.as_mut().await),
-                Some(delay) => tokio::select! {
-                    biased;
-                    result = attempt.as_mut() => Some(result),
-                    () = tokio::time::sleep(delay) => None,
-                },
+            // One timer per attempt: it fires at the hedge point when hedging, and is moved to
+            // the attempt's timeout only if it does.
+            let mut timer = pin!(tokio::time::sleep_until(
+                now + hedge_after.unwrap_or(timeout)
+            ));
+            let first = tokio::select! {
+                biased;
+                result = attempt.as_mut() => Some(result),
+                () = timer.as_mut() => None,
             };
-            let finished = match first {
-                Some(result) => Finished {
+            let finished = match (first, hedge_after) {
+                (Some(result), _) => Finished {
                     endpoint,
                     timeout,
                     result,
                 },
+                (None, None) => Finished {
+                    endpoint,
+                    timeout,
+                    result: Err(timed_out(endpoint, timeout)),
+                },
                 // Slow to answer: race a hedge. Its future is boxed, so that the common path's
                 // future, moved on every request, stays small.
-                None => {
+                (None, Some(_)) => {
+                    timer.as_mut().reset(now + timeout);
+                    let bounded = self.bounded(attempt, timer, endpoint, timeout);
                     Box::pin(self.hedge(
-                        attempt, endpoint, timeout, &snapshot, &mut tried, deadline, &decode,
+                        bounded, endpoint, timeout, &snapshot, &mut tried, deadline, &decode,
                     ))
                     .await
                 }
@@ -326,14 +340,29 @@ impl Caller {
         }))
     }
 
-    /// Goes on with `attempt`, on `first` and already slower than the hedge delay: sends a
-    /// hedge to another endpoint (paid from the retry budget) and goes on with whichever
-    /// answers first. The attempt that failed or lost is settled here; the one returned is
-    /// the caller's to settle.
+    /// `attempt`, failed as timed out if `timer` (set to `timeout`) fires first.
+    async fn bounded<T>(
+        &self,
+        attempt: impl Future<Output = Result<T, AttemptError>>,
+        timer: impl Future<Output = ()>,
+        endpoint: &Endpoint,
+        timeout: Duration,
+    ) -> Result<T, AttemptError> {
+        tokio::select! {
+            biased;
+            result = attempt => result,
+            () = timer => Err(timed_out(endpoint, timeout)),
+        }
+    }
+
+    /// Goes on with `attempt` (bounded by its timeout), on `first` and already slower than
+    /// the hedge delay: sends a hedge to another endpoint (paid from the retry budget) and goes
+    /// on with whichever answers first. The attempt that failed or lost is settled here; the
+    /// one returned is the caller's to settle.
     #[allow(clippy::too_many_arguments)]
     async fn hedge<'s, T, E: Into<DecodeError>>(
         &self,
-        mut attempt: Pin<&mut impl Future<Output = Result<T, AttemptError>>>,
+        attempt: impl Future<Output = Result<T, AttemptError>>,
         first: &'s Arc<Endpoint>,
         first_timeout: Duration,
         snapshot: &'s Snapshot,
@@ -348,6 +377,7 @@ impl Caller {
         };
         let now = Instant::now();
         let hedge_to = picker::pick(&snapshot.endpoints, tried.as_slice(), now, &mut rand::rng());
+        let mut attempt = pin!(attempt);
         let Some(second) = hedge_to.filter(|_| self.budget.withdraw()) else {
             return done(attempt.await);
         };
@@ -356,7 +386,12 @@ impl Caller {
         let second_timeout = self
             .policy
             .attempt_timeout(deadline.saturating_duration_since(now));
-        let mut hedge = pin!(self.attempt(second, now, second_timeout, decode));
+        let mut hedge = pin!(self.bounded(
+            self.attempt(second, now, decode),
+            tokio::time::sleep(second_timeout),
+            second,
+            second_timeout,
+        ));
         tokio::select! {
             result = attempt.as_mut() => match result {
                 Ok(answer) => done(Ok(answer)),
@@ -441,12 +476,12 @@ impl Caller {
     }
 
     /// One attempt, started at `started` (the caller's clock reading): `GET /` on the
-    /// endpoint, the answer read up to the bound and decoded.
+    /// endpoint, the answer read up to the bound and decoded. Unbounded in time: the caller
+    /// races it against its timeout (see [`Caller::bounded`]).
     async fn attempt<T, E: Into<DecodeError>>(
         &self,
         endpoint: &Endpoint,
         started: Instant,
-        timeout: Duration,
         decode: &impl Fn(&[u8]) -> Result<T, E>,
     ) -> Result<T, AttemptError> {
         let _in_flight = endpoint.start();
@@ -499,14 +534,7 @@ impl Caller {
                 )
             })
         };
-        let result = tokio::time::timeout(timeout, request)
-            .await
-            .unwrap_or_else(|_| {
-                Err(fail(
-                    AttemptOutcome::Timeout,
-                    AttemptErrorKind::Timeout(timeout),
-                ))
-            });
+        let result = request.await;
         if result.is_ok() {
             let now = Instant::now();
             if endpoint.is_ejected() {
@@ -519,6 +547,16 @@ impl Caller {
             self.shared.latency.record(now - started, now);
         }
         result
+    }
+}
+
+/// An attempt on `endpoint` that did not answer within `timeout`.
+fn timed_out(endpoint: &Endpoint, timeout: Duration) -> AttemptError {
+    AttemptError {
+        endpoint: endpoint.addr(),
+        kind: AttemptErrorKind::Timeout(timeout),
+        outcome: AttemptOutcome::Timeout,
+        retry_after: None,
     }
 }
 
