@@ -37,6 +37,10 @@ end
 local req = nil
 local started = 0
 hist = {}
+-- Requests of 10 ms or more: when they started (monotonic, us) and how long they took; the
+-- first 1,000 per thread.
+slow = {}
+local SLOW_US = 10000
 
 function init(args)
   req = wrk.format()
@@ -50,8 +54,12 @@ if os.getenv("BENCH_WRK_PLAIN") ~= "1" then
   end
 
   function response(status, headers, body)
-    local b = bucket(now_us() - started)
+    local took = now_us() - started
+    local b = bucket(took)
     hist[b] = (hist[b] or 0) + 1
+    if took >= SLOW_US and #slow < 1000 then
+      table.insert(slow, string.format("slow %d %d", started, took))
+    end
   end
 end
 
@@ -82,6 +90,11 @@ function done(summary, latency, requests)
   end
   for us, n in pairs(total) do
     f:write(string.format("%d %d\n", us, n))
+  end
+  for _, thread in ipairs(threads) do
+    for _, line in ipairs(thread:get("slow") or {}) do
+      f:write(line .. "\n")
+    end
   end
   f:close()
 end

@@ -41,6 +41,9 @@ NGINX_ADDRS = [f"127.0.0.{i}" for i in (21, 22, 23)]
 ACCEPT_JSON = "application/json"
 # The answer nginx gives, the same shape as name's JSON answer.
 STATIC_NAME = "Olivia"
+# A request at least this slow is an outlier: counted in the tables, and bench.lua keeps the
+# moment it started (CLOCK_MONOTONIC) and its latency, up to 1,000 per wrk thread.
+SLOW_US = 10_000
 
 
 def log(message: str) -> None:
@@ -487,6 +490,7 @@ class Cell:
     max_us: float = 0.0
     wrk_p99_us: float = 0.0  # wrk's own, corrected for coordinated omission; for reference
     recorded: int = 0  # requests timed by bench.lua (wrk counts ones cut off at the end too)
+    slow: int = 0  # requests timed at SLOW_US or more (outliers; their times go to the work dir)
     status_errors: int = 0  # answers with a status above 399, counted in req/s all the same
     cpu_us_per_req: float = 0.0
     peak_rss_kb: int = 0
@@ -505,6 +509,8 @@ def parse_wrk_out(path: Path) -> dict:
         parts = line.split()
         if parts[0] in ("duration_us", "requests", "bytes", "wrk_p50", "wrk_p99", "wrk_max"):
             info[parts[0]] = int(parts[1])
+        elif parts[0] == "slow":
+            info.setdefault("slow", []).append((int(parts[1]), int(parts[2])))
         elif parts[0] == "errors":
             info["errors"] = dict(zip(("connect", "read", "write", "status", "timeout"),
                                       map(int, parts[1:])))
@@ -586,8 +592,14 @@ def measure(load: Load, backend: str, proxy: str, target_pid: int, addr: str, po
             peak_conns[0] = max(peak_conns[0], conns_now)
             peak_conns[1] = max(peak_conns[1], remotes)
 
+    started_us = time.monotonic_ns() // 1000
     info = load.run(addr, port, conns, duration, sample)
     cpu1 = cpu_seconds(target_pid)
+    if info.get("slow"):
+        # When each outlier started, in ms from the cell's start, to set beside the logs.
+        slow_log = load.work / f"slow-{backend}-{proxy}-{conns}.txt"
+        slow_log.write_text("".join(f"{(start - started_us) / 1000:.1f} ms: {took / 1000:.1f} ms\n"
+                                    for start, took in sorted(info["slow"])))
     time.sleep(0.1)  # let dnsmasq's log catch up
     cell.requests = info["requests"]
     cell.status_errors = info["errors"]["status"]
@@ -602,6 +614,7 @@ def measure(load: Load, backend: str, proxy: str, target_pid: int, addr: str, po
         cell.p50_us = percentile(info["hist"], 50)
         cell.p99_us = percentile(info["hist"], 99)
         cell.max_us = max(info["hist"]) if info["hist"] else 0
+        cell.slow = sum(n for us_, n in info["hist"].items() if us_ >= SLOW_US)
     cell.wrk_p99_us = info.get("wrk_p99", 0)
     cell.recorded = sum(info["hist"].values())
     cell.cpu_us_per_req = (cpu1 - cpu0) * 1e6 / info["requests"] if info["requests"] else 0.0
@@ -776,9 +789,9 @@ def ratio(a: float, b: float) -> str:
 
 
 def main_table(cells: list[Cell]) -> str:
-    head = ("| backend | path | conns | req/s | p50 | p99 | max | CPU/req | peak RSS | DNS queries "
-            "| req/s hello/HAProxy | req/s hello/direct | req/s of each run |")
-    rows = [head, "|" + "---|" * 13]
+    head = ("| backend | path | conns | req/s | p50 | p99 | max | ≥ 10 ms | CPU/req | peak RSS "
+            "| DNS queries | req/s hello/HAProxy | req/s hello/direct | req/s of each run |")
+    rows = [head, "|" + "---|" * 14]
     by_key = {(c.backend, c.proxy, c.conns): c for c in cells}
     for c in cells:
         ha = by_key.get((c.backend, "haproxy", c.conns))
@@ -787,7 +800,7 @@ def main_table(cells: list[Cell]) -> str:
         r_direct = ratio(c.rps, direct.rps) if c.proxy == "hello" and direct else ""
         dns = "–" if c.dns_queries is None else str(c.dns_queries)
         rows.append(f"| {c.backend} | {c.proxy} | {c.conns} | {c.rps:,.0f} | {us(c.p50_us)} | "
-                    f"{us(c.p99_us)} | {us(c.max_us)} | {c.cpu_us_per_req:.1f} µs | "
+                    f"{us(c.p99_us)} | {us(c.max_us)} | {c.slow:,} | {c.cpu_us_per_req:.1f} µs | "
                     f"{mb(c.peak_rss_kb)} | {dns} | {r_ha} | {r_direct} | {runs_k(c.rps_runs)} |")
     return "\n".join(rows) + "\n"
 
