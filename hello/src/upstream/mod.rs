@@ -35,13 +35,14 @@
 //! answers (MULTIVALUE's 8, WEIGHTED's 1) for a while; `cloudmap` is the other source, Cloud
 //! Map's discovery API ([`Source::CloudMap`]), polled by revision; `refresh` asks either on
 //! the TTL's (or the poll's) schedule, clamped, and keeps the last good answer when a lookup
-//! fails; `endpoints` holds the set and each endpoint's load and health (outlier ejection); `picker` chooses by power of two choices,
-//! within the zone `zone` prefers (Envoy's zone-aware proportions) when zones are known;
-//! `probe` checks new, ejected and failing endpoints off the request path; `retry` is the retry
-//! policy and budget; `hedge` tracks latency and says when to race a slow attempt; `call`
-//! makes the attempts over `pool`, each endpoint's connections; `metrics` registers the
-//! counters. The refresh and probe requested from the request path live on the shared state,
-//! next to the set they act on.
+//! fails; `endpoints` holds the set and each endpoint's load and health (outlier ejection);
+//! `picker` chooses by power of two choices, within the zone `zone` prefers (Envoy's
+//! zone-aware proportions) when zones are known; `probe` checks new, ejected and failing
+//! endpoints off the request path; `retry` is the retry policy and budget; `hedge` tracks
+//! latency and says when to race a slow attempt; `call` makes the attempts over `pool`, each
+//! endpoint's connections, which speak HTTP/1.1 through `http1`'s codec in the caller's task
+//! (no connection task, no channel); `metrics` registers the counters. The refresh and probe
+//! requested from the request path live on the shared state, next to the set they act on.
 
 mod call;
 mod cloudmap;
