@@ -1152,7 +1152,7 @@ def main(argv: list[str]) -> int:
     if args.smoke:
         try:
             if "main" in result["tables"]:
-                check_table(result["tables"]["main"], 13, 3)
+                check_table(result["tables"]["main"], 14, 3)
             else:
                 check_table(result["tables"]["endpoints"], 10, 2)
             for c in result.get("cells", []) + result.get("endpoints", []):
