@@ -1,7 +1,7 @@
 //! Serving a router over HTTP/1.1 with every resource bounded: the number of connections, the
 //! time to read a request head once it has begun, the time a keep-alive connection may sit
-//! idle, and the time graceful shutdown may wait for in-flight requests. Request spans, when
-//! debug logging is on, carry the method and path.
+//! idle, and the time graceful shutdown may wait for in-flight requests. Request spans are
+//! keyed by the matched route.
 //!
 //! A slow client (one header byte a second) is closed once [`Limits::header_read_timeout`]
 //! has passed since its first byte; a client that opens connections and sends nothing is
@@ -19,7 +19,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderMap, header};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -182,9 +182,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// Adds a span per request, with its method and path, when debug logging is on for this module
-/// or tower-http; otherwise the layer would cost every request for events nobody records. The
-/// services' routes have no parameters, so a path that matched is its route.
+/// Adds a span per request, keyed by the route, when debug logging is on for this module or
+/// tower-http; otherwise the layer would cost every request for events nobody records.
 fn with_tracing(router: Router) -> Router {
     if !tracing::enabled!(Level::DEBUG)
         && !tracing::enabled!(target: "tower_http::trace", Level::DEBUG)
@@ -194,7 +193,12 @@ fn with_tracing(router: Router) -> Router {
     router.layer(
         TraceLayer::new_for_http()
             .make_span_with(|request: &Request| {
-                tracing::debug_span!("request", method = %request.method(), path = request.uri().path())
+                let route = request
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map(MatchedPath::as_str)
+                    .unwrap_or("unmatched");
+                tracing::debug_span!("request", method = %request.method(), route)
             })
             // A 503 from `/readyz` is an answer, not a fault; the handlers log the faults they see.
             .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
