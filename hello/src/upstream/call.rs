@@ -494,7 +494,7 @@ impl Caller {
         let request = async {
             let pool = endpoint.pool();
             let answer = pool
-                .send(endpoint.call_head(), Some(self.max_answer_bytes))
+                .send(endpoint.call_head(), Some(self.max_answer_bytes), started)
                 .await
                 .map_err(|err| match err {
                     PoolError::Wire(WireError::TooLarge(limit)) => {
@@ -524,29 +524,28 @@ impl Caller {
                     )
                 });
             }
+            // One clock reading for the endpoint's latency and the connection's idle time.
+            let answered = Instant::now();
             let decoded = decode(answer.body());
             // Read to the end: the connection can serve the next request.
-            pool.release(answer, endpoint.in_flight());
-            decoded.map_err(|err| {
+            pool.release(answer, endpoint.in_flight(), answered);
+            decoded.map(|answer| (answer, answered)).map_err(|err| {
                 fail(
                     AttemptOutcome::BadResponse,
                     AttemptErrorKind::Decode(err.into()),
                 )
             })
         };
-        let result = request.await;
-        if result.is_ok() {
-            let now = Instant::now();
-            if endpoint.is_ejected() {
-                // Tried because nothing better was left, and it answered: probe it now rather
-                // than at the next round, so that it is back in service at once.
-                self.shared.request_probe();
-            }
-            endpoint.record_success();
-            self.shared.metrics.attempt(AttemptOutcome::Ok);
-            self.shared.latency.record(now - started, now);
+        let (answer, answered) = request.await?;
+        if endpoint.is_ejected() {
+            // Tried because nothing better was left, and it answered: probe it now rather than
+            // at the next round, so that it is back in service at once.
+            self.shared.request_probe();
         }
-        result
+        endpoint.record_success();
+        self.shared.metrics.attempt(AttemptOutcome::Ok);
+        self.shared.latency.record(answered - started, answered);
+        Ok(answer)
     }
 }
 

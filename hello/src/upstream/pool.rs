@@ -152,13 +152,15 @@ impl Pool {
     }
 
     /// Sends the request `head` on an idle connection, or a new one, and reads the answer's
-    /// head; for a 2xx answer and a `body_limit`, also its body, failing past the limit.
+    /// head; for a 2xx answer and a `body_limit`, also its body, failing past the limit. `now`
+    /// is the caller's clock reading, to tell idle connections that have expired.
     pub async fn send(
         &self,
         head: &[u8],
         body_limit: Option<usize>,
+        now: Instant,
     ) -> Result<Exchange, PoolError> {
-        while let Some(conn) = self.checkout() {
+        while let Some(conn) = self.checkout(now) {
             match exchange(conn, head, body_limit).await {
                 Err(Failed { silent: true, .. }) => continue,
                 result => return result.map_err(|failed| failed.error),
@@ -172,8 +174,9 @@ impl Pool {
 
     /// Gives a connection back after its answer was read, while the pool holds fewer idle
     /// connections than the recent peak of `in_flight` (the endpoint's requests in flight,
-    /// this one included). A connection whose answer left it unusable closes.
-    pub fn release(&self, exchange: Exchange, in_flight: usize) {
+    /// this one included). A connection whose answer left it unusable closes. `now` is when the
+    /// answer was read, the start of the connection's idle time.
+    pub fn release(&self, exchange: Exchange, in_flight: usize, now: Instant) {
         if !exchange.reusable {
             return;
         }
@@ -188,10 +191,7 @@ impl Pool {
         let keep = peak.max(self.previous_peak.load(Ordering::Relaxed));
         let mut idle = self.idle();
         if idle.len() < keep {
-            idle.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+            idle.push(Idle { conn, since: now });
         }
     }
 
@@ -217,8 +217,7 @@ impl Pool {
     }
 
     /// The most recently used idle connection that is still open, if any.
-    fn checkout(&self) -> Option<Conn> {
-        let now = Instant::now();
+    fn checkout(&self, now: Instant) -> Option<Conn> {
         loop {
             let candidate = self.idle().pop()?;
             let fresh = now.saturating_duration_since(candidate.since) < self.options.idle_timeout;
@@ -300,7 +299,8 @@ async fn exchange(
             silent: true,
         });
     }
-    // The head, after any interim (1xx) answers.
+    // The head, after any interim (1xx) answers; nothing to parse before the first read.
+    conn.read().await?;
     let mut start = 0;
     let (head, head_end) = loop {
         match http1::parse_head(&conn.buf[start..])? {
