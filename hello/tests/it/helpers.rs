@@ -203,6 +203,11 @@ impl Hello {
         }
     }
 
+    /// The address hello listens on, for tests that speak to it over raw sockets.
+    pub fn addr(&self) -> SocketAddr {
+        self.base.trim_start_matches("http://").parse().unwrap()
+    }
+
     /// GETs `path`, returning status and body.
     pub async fn get(&self, path: &str) -> (u16, String) {
         let response = self

@@ -57,12 +57,7 @@ async fn slow_clients_are_closed_once_the_header_timeout_passes() {
         .configure(|config| config.listen.header_read_timeout = ms(300))
         .start()
         .await;
-    let addr = cluster
-        .hello
-        .base
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
+    let addr = cluster.hello.addr();
 
     let closed =
         tokio::task::spawn_blocking(move || slow_clients(addr, 20, ms(50), Duration::from_secs(5)))
@@ -86,12 +81,7 @@ async fn idle_connections_close_after_the_idle_timeout_and_answers_push_it_back(
         .configure(|config| config.listen.idle_timeout = ms(400))
         .start()
         .await;
-    let addr: std::net::SocketAddr = cluster
-        .hello
-        .base
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
+    let addr = cluster.hello.addr();
     let request = b"GET /healthz HTTP/1.1\r\nhost: hello\r\n\r\n";
     let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -132,7 +122,7 @@ async fn shutdown_ends_within_its_deadline_while_slow_clients_hold_connections()
     config.listen.shutdown_timeout = ms(300);
     config.upstream.name_service_url = "http://127.0.0.1:9".parse().unwrap();
     let hello = Hello::start(config).await;
-    let addr: std::net::SocketAddr = hello.base.trim_start_matches("http://").parse().unwrap();
+    let addr = hello.addr();
     let mut held = Vec::new();
     for _ in 0..10 {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -167,12 +157,7 @@ async fn past_the_connection_limit_hello_stops_accepting_until_one_closes() {
         .configure(|config| config.listen.max_connections = 3)
         .start()
         .await;
-    let addr: std::net::SocketAddr = cluster
-        .hello
-        .base
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
+    let addr = cluster.hello.addr();
     // The helper's own client holds one keep-alive connection from waiting for readiness.
     let mut idle = Vec::new();
     for _ in 0..2 {
