@@ -295,7 +295,7 @@ impl Caller {
                 // future, moved on every request, stays small.
                 (None, Some(_)) => {
                     timer.as_mut().reset(now + timeout);
-                    let bounded = self.bounded(attempt, timer, endpoint, timeout);
+                    let bounded = bounded(attempt, timer, endpoint, timeout);
                     Box::pin(self.hedge(
                         bounded, endpoint, timeout, &snapshot, &mut tried, deadline, &decode,
                     ))
@@ -340,21 +340,6 @@ impl Caller {
         }))
     }
 
-    /// `attempt`, failed as timed out if `timer` (set to `timeout`) fires first.
-    async fn bounded<T>(
-        &self,
-        attempt: impl Future<Output = Result<T, AttemptError>>,
-        timer: impl Future<Output = ()>,
-        endpoint: &Endpoint,
-        timeout: Duration,
-    ) -> Result<T, AttemptError> {
-        tokio::select! {
-            biased;
-            result = attempt => result,
-            () = timer => Err(timed_out(endpoint, timeout)),
-        }
-    }
-
     /// Goes on with `attempt` (bounded by its timeout), on `first` and already slower than
     /// the hedge delay: sends a hedge to another endpoint (paid from the retry budget) and goes
     /// on with whichever answers first. The attempt that failed or lost is settled here; the
@@ -386,7 +371,7 @@ impl Caller {
         let second_timeout = self
             .policy
             .attempt_timeout(deadline.saturating_duration_since(now));
-        let mut hedge = pin!(self.bounded(
+        let mut hedge = pin!(bounded(
             self.attempt(second, now, decode),
             tokio::time::sleep(second_timeout),
             second,
@@ -546,6 +531,20 @@ impl Caller {
         self.shared.metrics.attempt(AttemptOutcome::Ok);
         self.shared.latency.record(answered - started, answered);
         Ok(answer)
+    }
+}
+
+/// `attempt`, failed as timed out if `timer` (set to `timeout`) fires first.
+async fn bounded<T>(
+    attempt: impl Future<Output = Result<T, AttemptError>>,
+    timer: impl Future<Output = ()>,
+    endpoint: &Endpoint,
+    timeout: Duration,
+) -> Result<T, AttemptError> {
+    tokio::select! {
+        biased;
+        result = attempt => result,
+        () = timer => Err(timed_out(endpoint, timeout)),
     }
 }
 
