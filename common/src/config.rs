@@ -59,9 +59,14 @@ pub struct Listen {
 }
 
 impl Listen {
-    /// This instance's identity; see [`crate::identity::instance_id`].
+    /// This instance's name; see [`crate::identity::identify`].
     pub async fn instance_id(&self) -> String {
-        crate::identity::instance_id(
+        self.identity().await.instance
+    }
+
+    /// This instance's name and availability zone; see [`crate::identity::identify`].
+    pub async fn identity(&self) -> crate::identity::Identity {
+        crate::identity::identify(
             self.instance_id.as_deref(),
             self.ecs_metadata_uri.as_deref(),
         )

@@ -1,5 +1,7 @@
 //! Who this instance is, for answers and logs: `INSTANCE_ID` when set; on ECS, the short task
-//! id and availability zone from the task metadata endpoint v4; otherwise the hostname.
+//! id and availability zone from the task metadata endpoint v4; otherwise the hostname. The
+//! task metadata is read once, here, and its availability zone is handed to whoever needs it
+//! (hello's zone-aware picking).
 
 use std::time::Duration;
 
@@ -24,41 +26,63 @@ struct TaskMetadata {
     availability_zone: Option<String>,
 }
 
-/// Resolves the instance identity. `configured` is `INSTANCE_ID`; `metadata_uri` is the value
-/// of [`ECS_METADATA_VARIABLE`], passed in so that only the config module reads the
-/// environment.
-pub async fn instance_id(configured: Option<&str>, metadata_uri: Option<&str>) -> String {
-    if let Some(id) = configured.filter(|id| !id.is_empty()) {
-        return id.to_owned();
-    }
-    if let Some(uri) = metadata_uri {
-        match from_task_metadata(uri).await {
-            Ok(id) => return id,
-            Err(err) => {
-                tracing::warn!(error = %err, uri, "task metadata unavailable; using the hostname")
-            }
-        }
-    }
-    hostname::get()
-        .ok()
-        .and_then(|name| name.into_string().ok())
-        .unwrap_or_else(|| "unknown".to_owned())
+/// Who this instance is and where it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The instance's name in answers and logs.
+    pub instance: String,
+    /// The availability zone, when the task metadata names one.
+    pub zone: Option<String>,
 }
 
-/// Reads `<uri>/task` and names the task `<short task id>@<availability zone>`.
-async fn from_task_metadata(uri: &str) -> Result<String, reqwest::Error> {
+/// Resolves the instance identity. `configured` is `INSTANCE_ID`; `metadata_uri` is the value
+/// of [`ECS_METADATA_VARIABLE`], passed in so that only the config module reads the
+/// environment. The task metadata is read when there is an endpoint, even with a configured
+/// name, for the zone.
+pub async fn identify(configured: Option<&str>, metadata_uri: Option<&str>) -> Identity {
+    let task = match metadata_uri {
+        Some(uri) => match from_task_metadata(uri).await {
+            Ok(task) => Some(task),
+            Err(err) => {
+                tracing::warn!(error = %err, uri, "task metadata unavailable");
+                None
+            }
+        },
+        None => None,
+    };
+    let zone = task
+        .as_ref()
+        .and_then(|task| task.availability_zone.clone())
+        .filter(|zone| !zone.is_empty());
+    let instance = match (configured.filter(|id| !id.is_empty()), &task) {
+        (Some(id), _) => id.to_owned(),
+        (None, Some(task)) => name_task(task),
+        (None, None) => hostname::get()
+            .ok()
+            .and_then(|name| name.into_string().ok())
+            .unwrap_or_else(|| "unknown".to_owned()),
+    };
+    Identity { instance, zone }
+}
+
+/// The instance's name alone; see [`identify`].
+pub async fn instance_id(configured: Option<&str>, metadata_uri: Option<&str>) -> String {
+    identify(configured, metadata_uri).await.instance
+}
+
+/// Reads `<uri>/task`.
+async fn from_task_metadata(uri: &str) -> Result<TaskMetadata, reqwest::Error> {
     let client = reqwest::Client::builder()
         .timeout(METADATA_TIMEOUT)
         .no_proxy()
         .build()?;
-    let task: TaskMetadata = client
+    client
         .get(format!("{}/task", uri.trim_end_matches('/')))
         .send()
         .await?
         .error_for_status()?
         .json()
-        .await?;
-    Ok(name_task(&task))
+        .await
 }
 
 fn name_task(task: &TaskMetadata) -> String {
@@ -85,6 +109,17 @@ mod tests {
         let router = Router::new().route("/v4/abc/task", get(move || async move { document }));
         tokio::spawn(async move { axum::serve(listener, router).await });
         format!("http://{addr}/v4/abc")
+    }
+
+    #[tokio::test]
+    async fn the_zone_is_read_even_with_a_configured_id() {
+        let uri = metadata_endpoint(
+            r#"{"TaskARN":"arn:aws:ecs:eu-west-1:111122223333:task/demo/3f2a9c1e0b1d4e5f","AvailabilityZone":"eu-west-1c"}"#,
+        )
+        .await;
+        let identity = identify(Some("blue-1"), Some(&uri)).await;
+        assert_eq!(identity.instance, "blue-1");
+        assert_eq!(identity.zone.as_deref(), Some("eu-west-1c"));
     }
 
     #[tokio::test]

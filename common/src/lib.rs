@@ -25,5 +25,5 @@ pub mod telemetry;
 
 pub use answer::NameAnswer;
 pub use config::{Cli, Command, DEFAULT_PORT, Listen, ServiceConfig, parse_args};
-pub use identity::instance_id;
+pub use identity::{Identity, identify, instance_id};
 pub use serve::{ConnectionMetrics, Limits, serve, wants_json};

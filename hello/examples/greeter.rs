@@ -11,8 +11,8 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use hello::upstream::{Options, Upstream};
 use prometheus_client::registry::Registry;
+use upstream::{Options, Upstream};
 
 /// The part of `name`'s answer this service reads.
 #[derive(serde::Deserialize)]

@@ -19,7 +19,7 @@ use serde_json::json;
 use tower::util::MapResponseLayer;
 
 use crate::config::VIA_PSEUDONYM;
-use crate::upstream::{CallError, Upstream};
+use upstream::{CallError, Upstream};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -234,7 +234,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn debug_endpoints(State(state): State<AppState>) -> Json<crate::upstream::Report> {
+async fn debug_endpoints(State(state): State<AppState>) -> Json<upstream::Report> {
     Json(state.upstream.report())
 }
 

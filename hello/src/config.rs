@@ -11,9 +11,9 @@ use std::time::Duration;
 use common::Listen;
 use common::config::parse_duration;
 
-use crate::upstream::{
-    CloudMapOptions, EjectionPolicy, HedgePolicy, LocalZone, Options, ProbePolicy, RecordKind,
-    RetryPolicy, Source, Target, TtlBounds, ZonePolicy,
+use upstream::{
+    CloudMapOptions, EjectionPolicy, HedgePolicy, Options, ProbePolicy, RecordKind, RetryPolicy,
+    Source, Target, TtlBounds, ZonePolicy,
 };
 
 /// The name hello gives itself in the `Via` header of its calls (RFC 9110 section 7.6.3); a
@@ -255,6 +255,17 @@ impl Config {
     pub fn target(&self) -> Target {
         self.upstream.name_service_url.clone()
     }
+
+    /// The upstream's options, with hello's zone: `ZONE` when set, else `task_zone`, the
+    /// availability zone the task metadata names (read once, at start, with the instance's
+    /// identity).
+    pub fn options(&self, task_zone: Option<String>) -> Options {
+        let mut options = Options::from(self);
+        if options.zone.local.is_none() {
+            options.zone.local = task_zone.filter(|zone| !zone.is_empty());
+        }
+        options
+    }
 }
 
 impl From<&Config> for Options {
@@ -280,11 +291,7 @@ impl From<&Config> for Options {
             zone: ZonePolicy {
                 enabled: cloudmap.zone_aware,
                 min_size: cloudmap.zone_aware_min_size as usize,
-                local: match (&cloudmap.zone, &config.listen.ecs_metadata_uri) {
-                    (Some(zone), _) if !zone.is_empty() => LocalZone::Named(zone.clone()),
-                    (_, Some(uri)) => LocalZone::FromTaskMetadata(uri.clone()),
-                    _ => LocalZone::Unknown,
-                },
+                local: cloudmap.zone.clone().filter(|zone| !zone.is_empty()),
             },
             record: config.upstream.discovery_record,
             dns_server: config.upstream.dns_server,
@@ -364,7 +371,7 @@ fn variable(field: &'static str) -> &'static str {
 }
 
 fn parse_probe_path(value: &str) -> Result<String, String> {
-    match value.parse::<http::Uri>() {
+    match value.parse::<axum::http::Uri>() {
         Ok(uri) if value.starts_with('/') && uri.scheme().is_none() => Ok(value.to_owned()),
         _ => Err("expected a path such as /healthz".into()),
     }
@@ -390,7 +397,7 @@ mod tests {
 
     use common::ServiceConfig;
 
-    use crate::upstream::TargetHost;
+    use upstream::TargetHost;
 
     #[test]
     fn defaults_find_name_in_the_internal_namespace() {
@@ -491,7 +498,13 @@ mod tests {
             Some("111122223333")
         );
         assert_eq!(options.cloudmap.poll_interval, Duration::from_secs(2));
-        assert_eq!(options.zone.local, LocalZone::Named("eu-west-1a".into()));
+        assert_eq!(options.zone.local.as_deref(), Some("eu-west-1a"));
+        let options = config.options(Some("eu-west-1b".into()));
+        assert_eq!(
+            options.zone.local.as_deref(),
+            Some("eu-west-1a"),
+            "ZONE wins"
+        );
         assert!(config.validate().is_ok());
         let config = parse(&["--cloudmap-poll-interval", "20s"]).unwrap();
         assert!(
@@ -500,6 +513,14 @@ mod tests {
                 .unwrap_err()
                 .contains("CLOUDMAP_FULL_INTERVAL")
         );
+    }
+
+    #[test]
+    fn the_task_zone_is_hellos_zone_unless_zone_is_set() {
+        let config = parse(&[]).unwrap();
+        let options = config.options(Some("eu-west-1c".into()));
+        assert_eq!(options.zone.local.as_deref(), Some("eu-west-1c"));
+        assert_eq!(config.options(None).zone.local, None);
     }
 
     #[test]

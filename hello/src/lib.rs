@@ -4,15 +4,13 @@
 //!
 //! # Layout
 //!
-//! - [`upstream`]: discovery, balancing and calling, behind one front door
-//!   ([`upstream::Upstream`]); the part to copy into another service. It imports nothing from
-//!   the rest of `hello`.
+//! - The `upstream` crate does discovery, balancing and calling, behind one front door
+//!   (`upstream::Upstream`); any service can depend on it.
 //! - [`config`]: the settings, flags and variables, translated into the upstream's options.
 //! - `app`: the router and handlers; `server`: [`run`], which wires the two and serves on an
 //!   already-bound listener.
 
 pub mod config;
-pub mod upstream;
 
 mod app;
 mod server;

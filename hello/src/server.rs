@@ -6,8 +6,8 @@ use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::upstream::Upstream;
 use crate::{AppState, Config, app};
+use upstream::Upstream;
 
 /// Serves on `listener` until `shutdown` completes and in-flight requests are answered, with
 /// discovery running in the background meanwhile. `config` was checked when it was parsed.
@@ -16,7 +16,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let instance = config.listen.instance_id().await;
+    let identity = config.listen.identity().await;
+    let instance = identity.instance;
     let addr = listener
         .local_addr()
         .context("listener has no local address")?;
@@ -24,7 +25,7 @@ pub async fn run(
     tracing::info!(%addr, %instance, service = %target.display_host(), record = %config.upstream.discovery_record, "hello is serving");
 
     let mut registry = Registry::with_prefix("hello");
-    let upstream = Upstream::start(target, (&config).into(), &mut registry)?;
+    let upstream = Upstream::start(target, config.options(identity.zone), &mut registry)?;
     let connections = common::ConnectionMetrics::register(&mut registry);
     let router = app(AppState::new(instance, upstream.clone(), registry));
     let serve = common::serve(

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_servicediscovery::config::{Credentials, SharedCredentialsProvider};
-use hello::upstream::{CloudMapOptions, Options, Source, Upstream};
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
+use upstream::{CloudMapOptions, Options, Source, Upstream};
 
 use crate::cloudmap_server::CloudMapServer;
 use crate::helpers::{NameInstance, eventually, name_instances};
@@ -283,7 +283,7 @@ async fn three_zones_split_after_envoys_algorithm() {
     // keeps (2/9)/(1/3) = 2/3 of its calls; the rest goes where capacity is left over, c.
     let zones = ["a", "b", "b", "c", "c", "c", "a", "b", "c"];
     let setup = start(9, &zones, |options| {
-        options.zone.local = hello::upstream::LocalZone::Named("a".into());
+        options.zone.local = Some("a".into());
     })
     .await;
     assert!(setup.known(9, Duration::from_secs(5)).await);
@@ -317,7 +317,7 @@ async fn three_zones_split_after_envoys_algorithm() {
 async fn an_even_spread_keeps_every_call_in_the_zone() {
     let zones = ["a", "b", "c"];
     let setup = start(6, &zones, |options| {
-        options.zone.local = hello::upstream::LocalZone::Named("b".into());
+        options.zone.local = Some("b".into());
     })
     .await;
     assert!(setup.known(6, Duration::from_secs(5)).await);

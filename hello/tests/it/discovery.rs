@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use hello::upstream::RecordKind;
+use upstream::RecordKind;
 
 use crate::helpers::{Cluster, NameInstance, SERVICE, fast_refresh, ips};
 

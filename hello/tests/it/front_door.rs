@@ -3,9 +3,9 @@
 
 use axum::body::{Body, to_bytes};
 use axum::http::Request;
-use hello::upstream::{Options, Upstream};
 use prometheus_client::registry::Registry;
 use tower::ServiceExt;
+use upstream::{Options, Upstream};
 
 use crate::greeter;
 use crate::helpers::Cluster;

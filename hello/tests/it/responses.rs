@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use axum::body::{Body, to_bytes};
 use axum::http::Request;
-use hello::upstream::{Options, Target, Upstream};
 use hello::{AppState, app};
 use prometheus_client::registry::Registry;
 use tower::ServiceExt;
+use upstream::{Options, Target, Upstream};
 
 use crate::dns_server::{DnsServer, Mode};
 use crate::helpers::{NameInstance, eventually};

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use hello::upstream::RecordKind;
+use upstream::RecordKind;
 
 use crate::helpers::{Cluster, Running, SERVICE, eventually};
 

@@ -211,6 +211,18 @@ impl Pool {
         idle.drain(..excess);
     }
 
+    /// A pool with the default connect and idle timeouts, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(addr: SocketAddr) -> Self {
+        Self::new(
+            addr,
+            PoolOptions {
+                connect_timeout: Duration::from_millis(250),
+                idle_timeout: Duration::from_secs(30),
+            },
+        )
+    }
+
     /// Idle connections now.
     pub fn idle_count(&self) -> usize {
         self.idle().len()

@@ -11,14 +11,16 @@ use std::sync::Arc;
 use rand::{Rng, RngExt};
 use tokio::time::Instant;
 
-use super::endpoints::{Endpoint, Endpoints};
+use super::ZoneRouting;
+use crate::endpoints::Endpoint;
 
 /// Picks an endpoint for the next attempt, or `None` when every endpoint has been tried.
 /// With zone-aware picking on, the zone to draw from is chosen first among the candidates
 /// (`zone`). Allocates nothing without zones: one pass finds the best tier and counts its
 /// candidates, a second finds the two drawn.
 pub fn pick<'a, R: Rng + ?Sized>(
-    endpoints: &'a Endpoints,
+    endpoints: &'a [Arc<Endpoint>],
+    zones: Option<&ZoneRouting>,
     tried: &[SocketAddr],
     now: Instant,
     rng: &mut R,
@@ -40,7 +42,7 @@ pub fn pick<'a, R: Rng + ?Sized>(
     }
     let best = best?;
     let in_tier = |endpoint: &&Arc<Endpoint>| untried(endpoint) && endpoint.tier(now) == best;
-    if let Some(routing) = endpoints.zone_routing()
+    if let Some(routing) = zones
         && let Some(choice) = routing.choose(
             endpoints.len(),
             endpoints
@@ -106,7 +108,8 @@ mod tests {
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
-    use crate::upstream::endpoints::{Discovery, EjectionPolicy, EndpointSet, Recorded, Requests};
+    use crate::endpoints::{Discovery, EjectionPolicy, EndpointSet, Recorded, Requests};
+    use crate::transport::Pool;
 
     fn set_of(n: u8) -> EndpointSet {
         let policy = EjectionPolicy {
@@ -115,11 +118,7 @@ mod tests {
             max_time: Duration::from_secs(10),
             max_percent: 100,
         };
-        let set = EndpointSet::new(
-            policy,
-            Requests::new("/healthz", None),
-            crate::upstream::test_pool,
-        );
+        let set = EndpointSet::new(policy, Requests::new("/healthz", None), Pool::for_tests);
         let addrs: BTreeSet<SocketAddr> = (1..=n)
             .map(|i| SocketAddr::from(([10, 0, 0, i], 3000)))
             .collect();
@@ -131,7 +130,16 @@ mod tests {
     }
 
     fn tally(
-        endpoints: &Endpoints,
+        endpoints: &[Arc<Endpoint>],
+        tried: &[SocketAddr],
+        rounds: usize,
+    ) -> HashMap<SocketAddr, usize> {
+        tally_zoned(endpoints, None, tried, rounds)
+    }
+
+    fn tally_zoned(
+        endpoints: &[Arc<Endpoint>],
+        zones: Option<&ZoneRouting>,
         tried: &[SocketAddr],
         rounds: usize,
     ) -> HashMap<SocketAddr, usize> {
@@ -139,7 +147,7 @@ mod tests {
         let now = Instant::now();
         let mut counts = HashMap::new();
         for _ in 0..rounds {
-            let endpoint = pick(endpoints, tried, now, &mut rng).unwrap();
+            let endpoint = pick(endpoints, zones, tried, now, &mut rng).unwrap();
             *counts.entry(endpoint.addr()).or_default() += 1;
         }
         counts
@@ -179,6 +187,7 @@ mod tests {
         assert!(
             pick(
                 &endpoints,
+                None,
                 &all,
                 Instant::now(),
                 &mut StdRng::seed_from_u64(1)
@@ -209,8 +218,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_ejected_local_zone_spills_over_at_once() {
-        use crate::upstream::zone::{LocalZone, ZonePolicy, ZoneRouting};
-        use std::collections::HashMap;
+        use crate::select::ZonePolicy;
 
         let policy = EjectionPolicy {
             after_failures: 1,
@@ -218,20 +226,16 @@ mod tests {
             max_time: Duration::from_secs(10),
             max_percent: 100,
         };
-        let set = EndpointSet::new(
-            policy,
-            Requests::new("/healthz", None),
-            crate::upstream::test_pool,
-        );
+        let set = EndpointSet::new(policy, Requests::new("/healthz", None), Pool::for_tests);
         let zone_policy = ZonePolicy {
-            local: LocalZone::Named("a".into()),
+            local: Some("a".into()),
             ..ZonePolicy::default()
         };
         let routing = ZoneRouting::new(
             &zone_policy,
             &mut prometheus_client::registry::Registry::default(),
-        );
-        set.set_zone_routing(Arc::new(routing));
+        )
+        .unwrap();
         let addrs: BTreeSet<SocketAddr> = (1..=6)
             .map(|i| SocketAddr::from(([10, 0, 0, i], 3000)))
             .collect();
@@ -246,7 +250,7 @@ mod tests {
         for endpoint in &endpoints {
             endpoint.record_success();
         }
-        let local = tally(&endpoints, &[], 200);
+        let local = tally_zoned(&endpoints, Some(&routing), &[], 200);
         assert_eq!(local.len(), 2, "zone a only: {local:?}");
 
         for endpoint in endpoints.iter().take(2) {
@@ -255,7 +259,7 @@ mod tests {
                 Recorded::Ejected(_)
             ));
         }
-        let spilled = tally(&endpoints, &[], 200);
+        let spilled = tally_zoned(&endpoints, Some(&routing), &[], 200);
         assert_eq!(spilled.len(), 4, "zones b and c: {spilled:?}");
     }
 

@@ -10,13 +10,11 @@ use std::time::Duration;
 
 use url::Url;
 
-pub use super::cloudmap::CloudMapOptions;
-pub use super::endpoints::EjectionPolicy;
-pub use super::hedge::HedgePolicy;
-pub use super::probe::ProbePolicy;
-pub use super::refresh::TtlBounds;
-pub use super::retry::RetryPolicy;
-pub use super::zone::{LocalZone, ZonePolicy};
+use crate::call::{HedgePolicy, RetryPolicy};
+use crate::discovery::CloudMapOptions;
+use crate::endpoints::{EjectionPolicy, ProbePolicy};
+use crate::lookup::{RecordKind, TtlBounds};
+use crate::select::ZonePolicy;
 
 /// The service to call: a DNS name to discover (Cloud Map's `<service>.<namespace>`) or one
 /// fixed address, and the port used with A records and fixed addresses. Parsed from a URL
@@ -81,47 +79,6 @@ impl FromStr for Target {
     }
 }
 
-/// Which DNS records name the instances.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum RecordKind {
-    /// A records: one address per instance, all on the target's port.
-    #[default]
-    A,
-    /// SRV records: a port and a target per instance; targets resolved to addresses.
-    Srv,
-}
-
-impl RecordKind {
-    /// The DNS record type's name: `A` or `SRV`.
-    pub fn record_type(self) -> &'static str {
-        match self {
-            Self::A => "A",
-            Self::Srv => "SRV",
-        }
-    }
-}
-
-impl FromStr for RecordKind {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        match value.to_ascii_lowercase().as_str() {
-            "a" => Ok(Self::A),
-            "srv" => Ok(Self::Srv),
-            _ => Err("expected one of a, srv".into()),
-        }
-    }
-}
-
-impl fmt::Display for RecordKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::A => "a",
-            Self::Srv => "srv",
-        })
-    }
-}
-
 /// Where the instances are listed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Source {
@@ -158,7 +115,7 @@ impl fmt::Display for Source {
 ///
 /// ```
 /// # use std::time::Duration;
-/// let mut options = hello::upstream::Options::default();
+/// let mut options = upstream::Options::default();
 /// options.retry.max_attempts = 2;
 /// options.ttl.max = Duration::from_secs(10);
 /// ```

@@ -3,7 +3,7 @@
 //! With a share `u` of the endpoints in the local zone and a share `c` of the callers there,
 //! every call stays local when `u >= c`; otherwise a share `u / c` stays local and the rest
 //! goes to the other zones in proportion to their residual capacity (`u_z - c_z` where
-//! positive). hello does not know where its peers run, so it takes the callers to be spread
+//! positive). A caller does not know where its peers run, so it takes the callers to be spread
 //! evenly over the zones the endpoints are in (`c = 1 / zones`), which is how ECS spreads a
 //! service's tasks.
 //!
@@ -12,13 +12,11 @@
 //! the split is made among the candidates of the picker's best tier, so a local zone with
 //! none left (empty, all ejected, all tried) spills over at once, as Envoy's panic mode does.
 //!
-//! This module owns the policy, the local zone (named, or read once from the ECS task metadata
-//! endpoint) and the pick counters; `picker` asks it which zone to draw from.
+//! This module owns the policy, the local zone (given by the caller, who reads the ECS task
+//! metadata once) and the pick counters; [`super::pick`] asks it which zone to draw from.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -26,18 +24,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use rand::{Rng, RngExt};
 
-/// Where this caller's zone comes from.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum LocalZone {
-    /// Unknown: zone-aware picking stays off.
-    #[default]
-    Unknown,
-    /// This zone, such as `eu-west-1a`.
-    Named(String),
-    /// The `AvailabilityZone` of the ECS task metadata endpoint v4 at this URI
-    /// (`ECS_CONTAINER_METADATA_URI_V4`), read once at start.
-    FromTaskMetadata(String),
-}
+/// Most zones a pick weighs; a Region has at most six availability zones. Candidates spread
+/// over more zones than this (an address list that is not one Region's) are picked without
+/// zones.
+const MAX_ZONES: usize = 8;
 
 /// When and where picks prefer the local zone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,8 +36,9 @@ pub struct ZonePolicy {
     pub enabled: bool,
     /// Fewest endpoints in the set for zone-aware picking; below it, picks ignore zones.
     pub min_size: usize,
-    /// This caller's zone.
-    pub local: LocalZone,
+    /// This caller's zone, such as `eu-west-1a`; `None` turns zone-aware picking off. On ECS,
+    /// the task metadata's `AvailabilityZone`, read by the caller once at start.
+    pub local: Option<String>,
 }
 
 impl Default for ZonePolicy {
@@ -55,7 +46,7 @@ impl Default for ZonePolicy {
         Self {
             enabled: true,
             min_size: 6,
-            local: LocalZone::Unknown,
+            local: None,
         }
     }
 }
@@ -81,83 +72,91 @@ struct PickLabels {
     zone: Locality,
 }
 
-/// The policy, the local zone once known, and the pick counters; shared by every snapshot.
+/// The policy, the local zone and the pick counters.
 #[derive(Debug)]
 pub struct ZoneRouting {
-    enabled: bool,
     min_size: usize,
-    local: OnceLock<Arc<str>>,
+    local: Arc<str>,
     picks: [Counter; 2],
 }
 
 impl ZoneRouting {
-    /// Routing by `policy`; registers `upstream_zone_picks` in `registry`. A named local
-    /// zone is set at once; one from task metadata when [`ZoneRouting::learn`] has read it.
-    pub fn new(policy: &ZonePolicy, registry: &mut Registry) -> Self {
+    /// Routing by `policy`, or `None` when it is off or the local zone is unknown; registers
+    /// `upstream_zone_picks` in `registry` when on.
+    pub fn new(policy: &ZonePolicy, registry: &mut Registry) -> Option<Self> {
+        let local = policy.local.as_deref().filter(|zone| !zone.is_empty());
+        let local = Arc::from(local.filter(|_| policy.enabled)?);
         let family = Family::<PickLabels, Counter>::default();
         registry.register(
             "upstream_zone_picks",
             "Endpoints picked in this caller's zone and in others, when both zones are known",
             family.clone(),
         );
-        let routing = Self {
-            enabled: policy.enabled,
+        tracing::info!(zone = %local, "zone-aware picking on");
+        Some(Self {
             min_size: policy.min_size,
-            local: OnceLock::new(),
+            local,
             picks: [Locality::Local, Locality::Remote]
                 .map(|zone| family.get_or_create(&PickLabels { zone }).clone()),
-        };
-        if let LocalZone::Named(zone) = &policy.local {
-            routing.set_local(zone);
-        }
-        routing
-    }
-
-    /// Sets this caller's zone, once.
-    pub fn set_local(&self, zone: &str) {
-        if self.local.set(Arc::from(zone)).is_ok() {
-            tracing::info!(zone, "local zone known");
-        }
-    }
-
-    /// Reads the local zone from the task metadata at `uri`, when the policy says so.
-    pub async fn learn(&self, uri: &str) {
-        match from_task_metadata(uri).await {
-            Ok(Some(zone)) => self.set_local(&zone),
-            Ok(None) => tracing::info!("task metadata names no zone; zone-aware picking off"),
-            Err(err) => {
-                tracing::warn!(error = %err, "task metadata unavailable; zone-aware picking off")
-            }
-        }
+        })
     }
 
     /// Among `candidates` (the zones of the endpoints that may be picked now, one entry per
     /// endpoint, `None` for an endpoint of unknown zone) of a set of `set_size`, the zone to
-    /// draw from, or `None` to ignore zones.
+    /// draw from, or `None` to ignore zones. Allocates nothing.
     pub fn choose<'z, R: Rng + ?Sized>(
         &self,
         set_size: usize,
         candidates: impl Iterator<Item = Option<&'z str>>,
         rng: &mut R,
     ) -> Option<Choice<'z>> {
-        let local = self.local.get()?;
-        if !self.enabled || set_size < self.min_size {
+        if set_size < self.min_size {
             return None;
         }
-        let mut counts: BTreeMap<&'z str, usize> = BTreeMap::new();
+        let mut counts = ZoneCounts::default();
         for zone in candidates {
-            *counts.entry(zone?).or_default() += 1;
+            counts.add(zone?)?;
         }
-        let zone = route(local, &counts, rng)?;
+        let zone = route(&self.local, &counts, rng)?;
         Some(Choice {
             zone,
-            local: zone == local.as_ref(),
+            local: zone == &*self.local,
         })
     }
 
     /// Counts a pick made under a [`Choice`].
     pub fn count(&self, local: bool) {
         self.picks[usize::from(!local)].inc();
+    }
+}
+
+/// Candidates per zone, on the stack.
+#[derive(Debug, Default)]
+pub struct ZoneCounts<'z> {
+    zones: [(&'z str, usize); MAX_ZONES],
+    len: usize,
+}
+
+impl<'z> ZoneCounts<'z> {
+    /// Counts one candidate in `zone`; `None` past [`MAX_ZONES`] zones.
+    pub fn add(&mut self, zone: &'z str) -> Option<()> {
+        match self.zones[..self.len].iter_mut().find(|(z, _)| *z == zone) {
+            Some((_, count)) => *count += 1,
+            None if self.len < MAX_ZONES => {
+                self.zones[self.len] = (zone, 1);
+                self.len += 1;
+            }
+            None => return None,
+        }
+        Some(())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&'z str, usize)> + '_ {
+        self.zones[..self.len].iter().copied()
+    }
+
+    fn get(&self, zone: &str) -> Option<(&'z str, usize)> {
+        self.iter().find(|(z, _)| *z == zone)
     }
 }
 
@@ -171,66 +170,39 @@ pub struct Choice<'z> {
 }
 
 /// Envoy's decision for one pick, callers taken as spread evenly over the zones in `counts`
-/// (endpoints per zone). `None` when no zone can be preferred: the local zone has no
+/// (candidates per zone). `None` when no zone can be preferred: the local zone has no
 /// candidate, or the candidates are all in one zone.
 pub fn route<'z, R: Rng + ?Sized>(
     local: &str,
-    counts: &BTreeMap<&'z str, usize>,
+    counts: &ZoneCounts<'z>,
     rng: &mut R,
 ) -> Option<&'z str> {
-    let (&local, &local_count) = counts.get_key_value(local)?;
-    if counts.len() < 2 {
+    let (local, local_count) = counts.get(local)?;
+    if counts.len < 2 {
         return None;
     }
-    let total: usize = counts.values().sum();
+    let total: usize = counts.iter().map(|(_, count)| count).sum();
     let upstream_share = |count: usize| count as f64 / total as f64;
-    let caller_share = 1.0 / counts.len() as f64;
+    let caller_share = 1.0 / counts.len as f64;
     let local_share = upstream_share(local_count);
-    if local_share >= caller_share {
-        return Some(local);
-    }
-    if rng.random_range(0.0..1.0) < local_share / caller_share {
+    if local_share >= caller_share || rng.random_range(0.0..1.0) < local_share / caller_share {
         return Some(local);
     }
     // Cross-zone: by residual capacity, the share each zone has beyond its callers' own.
-    let residual: Vec<(&'z str, f64)> = counts
-        .iter()
-        .filter(|(zone, _)| **zone != local)
-        .map(|(zone, count)| (*zone, (upstream_share(*count) - caller_share).max(0.0)))
-        .collect();
-    let sum: f64 = residual.iter().map(|(_, capacity)| capacity).sum();
+    let remote = || counts.iter().filter(move |(zone, _)| *zone != local);
+    let residual = |count: usize| (upstream_share(count) - caller_share).max(0.0);
+    let sum: f64 = remote().map(|(_, count)| residual(count)).sum();
     if sum <= 0.0 {
-        return residual.first().map(|(zone, _)| *zone);
+        return remote().next().map(|(zone, _)| zone);
     }
     let mut draw = rng.random_range(0.0..sum);
-    for (zone, capacity) in &residual {
-        if draw < *capacity {
+    for (zone, count) in remote() {
+        if draw < residual(count) {
             return Some(zone);
         }
-        draw -= capacity;
+        draw -= residual(count);
     }
-    residual.last().map(|(zone, _)| *zone)
-}
-
-/// The `AvailabilityZone` of `<uri>/task`.
-async fn from_task_metadata(uri: &str) -> Result<Option<String>, reqwest::Error> {
-    #[derive(serde::Deserialize)]
-    struct Task {
-        #[serde(rename = "AvailabilityZone")]
-        availability_zone: Option<String>,
-    }
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .no_proxy()
-        .build()?;
-    let task: Task = client
-        .get(format!("{}/task", uri.trim_end_matches('/')))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    Ok(task.availability_zone.filter(|zone| !zone.is_empty()))
+    remote().last().map(|(zone, _)| zone)
 }
 
 #[cfg(test)]
@@ -240,13 +212,25 @@ mod tests {
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
+    use std::collections::BTreeMap;
+
+    fn counts<'z>(zones: &[(&'z str, usize)]) -> ZoneCounts<'z> {
+        let mut counts = ZoneCounts::default();
+        for (zone, n) in zones {
+            for _ in 0..*n {
+                counts.add(zone).unwrap();
+            }
+        }
+        counts
+    }
+
     /// Shares of `rounds` picks by zone.
     fn split(
         local: &str,
-        counts: &[(&'static str, usize)],
+        zones: &[(&'static str, usize)],
         rounds: usize,
     ) -> BTreeMap<&'static str, f64> {
-        let counts: BTreeMap<&str, usize> = counts.iter().copied().collect();
+        let counts = counts(zones);
         let mut rng = StdRng::seed_from_u64(3);
         let mut tally: BTreeMap<&str, usize> = BTreeMap::new();
         for _ in 0..rounds {
@@ -285,20 +269,18 @@ mod tests {
     #[test]
     fn no_local_candidate_or_one_zone_means_no_preference() {
         let mut rng = StdRng::seed_from_u64(1);
-        let counts = BTreeMap::from([("b", 3), ("c", 3)]);
-        assert_eq!(route("a", &counts, &mut rng), None);
-        let counts = BTreeMap::from([("a", 3)]);
-        assert_eq!(route("a", &counts, &mut rng), None);
+        assert_eq!(route("a", &counts(&[("b", 3), ("c", 3)]), &mut rng), None);
+        assert_eq!(route("a", &counts(&[("a", 3)]), &mut rng), None);
     }
 
     #[test]
     fn small_sets_and_unknown_zones_turn_it_off() {
         let mut registry = Registry::default();
         let policy = ZonePolicy {
-            local: LocalZone::Named("a".into()),
+            local: Some("a".into()),
             ..ZonePolicy::default()
         };
-        let routing = ZoneRouting::new(&policy, &mut registry);
+        let routing = ZoneRouting::new(&policy, &mut registry).unwrap();
         let mut rng = StdRng::seed_from_u64(1);
         let zones = [Some("a"), Some("b"), Some("c")];
         assert!(routing.choose(5, zones.into_iter(), &mut rng).is_none());
@@ -309,5 +291,28 @@ mod tests {
                 .choose(6, with_unknown.into_iter(), &mut rng)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn no_local_zone_or_disabled_means_no_routing() {
+        let mut registry = Registry::default();
+        assert!(ZoneRouting::new(&ZonePolicy::default(), &mut registry).is_none());
+        let off = ZonePolicy {
+            enabled: false,
+            local: Some("a".into()),
+            ..ZonePolicy::default()
+        };
+        assert!(ZoneRouting::new(&off, &mut registry).is_none());
+    }
+
+    #[test]
+    fn more_zones_than_a_region_has_turn_it_off() {
+        let mut counts = ZoneCounts::default();
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+        let added = names
+            .iter()
+            .filter(|zone| counts.add(zone).is_some())
+            .count();
+        assert_eq!(added, MAX_ZONES);
     }
 }

@@ -1,310 +1,26 @@
-//! The endpoint set: what is known now about the upstream's instances. Per endpoint:
-//! requests in flight, consecutive failures, ejection, whether it has ever answered, and a
-//! cool-down after it said it is overloaded. The set takes each discovery answer as a full
-//! snapshot and keeps the state of the endpoints that stay; it does not look anything up
-//! (`refresh` does), does not probe (`probe` does) and does not choose (`picker` does).
-//!
-//! Ejection follows Envoy's outlier detection beside active health checking:
-//! `consecutive_5xx` (here any failed attempt that is the endpoint's fault), an ejection whose
-//! minimum length doubles on each further ejection, and `max_ejection_percent` so that a sick
-//! network in front of every endpoint cannot eject them all. An ejected endpoint comes back
-//! only when a health probe answers, never through a live request; an endpoint whose probe
-//! fails while others answer is dead, not an outlier, and is ejected whatever the cap.
+//! The endpoint set: what is known now about the upstream's instances. It takes each
+//! discovery answer as a full snapshot, published whole through a `watch` channel so that the
+//! request path never waits on discovery, and keeps the state of the endpoints that stay. It
+//! decides ejections under the cap ([`super::EjectionPolicy`]), holds the signals that wake
+//! the refresher and the prober, and counts ejections. It does not look anything up
+//! ([`super::Refresher`] does), does not probe ([`super::Prober`] does) and does not choose
+//! (the picker does).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::ops::Deref;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::Uri;
-use http::header::HeaderValue;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use super::dns::LookupError;
-use super::http1;
-use super::pool::Pool;
-use super::zone::ZoneRouting;
-
-/// When endpoints are ejected, and for how long at least.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EjectionPolicy {
-    /// Consecutive failures that eject an endpoint.
-    pub after_failures: u32,
-    /// Shortest first ejection; doubled for each further one. An ejected endpoint comes back
-    /// at the first successful probe after this.
-    pub base_time: Duration,
-    /// Longest minimum ejection.
-    pub max_time: Duration,
-    /// Most endpoints ejected at once as outliers, in percent of the set; at least one may
-    /// always be. Endpoints whose probes fail while others answer do not count.
-    pub max_percent: u32,
-}
-
-impl Default for EjectionPolicy {
-    fn default() -> Self {
-        Self {
-            after_failures: 3,
-            base_time: Duration::from_secs(2),
-            max_time: Duration::from_secs(30),
-            max_percent: 50,
-        }
-    }
-}
-
-impl EjectionPolicy {
-    /// How long the `ejections`-th ejection (counting from 1) lasts at least.
-    pub fn duration(&self, ejections: u32) -> Duration {
-        let doublings = ejections.saturating_sub(1).min(16);
-        self.base_time
-            .saturating_mul(1 << doublings)
-            .min(self.max_time)
-    }
-
-    /// How many endpoints of a set of `size` may be ejected as outliers at once.
-    pub fn max_ejected(&self, size: usize) -> usize {
-        (size * self.max_percent as usize / 100).max(1)
-    }
-}
-
-/// Flags of [`Endpoint::flags`].
-const EJECTED: u8 = 1;
-/// The endpoint has answered, a live request or a probe.
-const PROVEN: u8 = 2;
-/// Failing, but the ejection cap kept it in: a probe will tell whether it is dead.
-const SUSPECT: u8 = 4;
-/// Failures or ejections since the last live answer: a success has history to clear. Kept as a
-/// flag so that the success path of a healthy endpoint takes no lock.
-const TROUBLED: u8 = 8;
-
-/// The picker's preference, best first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Tier {
-    /// Has answered; not ejected, not cooling down.
-    Ready = 0,
-    /// Has never answered, or said it is overloaded a moment ago.
-    Doubtful = 1,
-    /// Ejected: tried only when nothing else is left.
-    Ejected = 2,
-}
-
-/// What is asked of every endpoint, besides the call's `GET /`.
-#[derive(Debug, Clone)]
-pub struct Requests {
-    /// The health probe's path.
-    pub probe_path: Uri,
-    /// A `Via` entry for calls.
-    pub via: Option<HeaderValue>,
-}
-
-impl Requests {
-    /// Probes of `probe_path` (`/` when it is not a path: the options were not validated),
-    /// calls with `via`.
-    pub fn new(probe_path: &str, via: Option<HeaderValue>) -> Self {
-        Self {
-            probe_path: probe_path.parse().unwrap_or_else(|_| Uri::from_static("/")),
-            via,
-        }
-    }
-}
-
-/// One instance of the upstream.
-#[derive(Debug)]
-pub struct Endpoint {
-    addr: SocketAddr,
-    /// The availability zone, when discovery says (Cloud Map's API does, DNS does not).
-    zone: Option<Arc<str>>,
-    /// The call's request head (`GET /`), made once.
-    call_head: Box<[u8]>,
-    /// The health probe's request head, made once.
-    probe_head: Box<[u8]>,
-    /// This endpoint's own connection pool, so that the endpoint's idle connections close when
-    /// it leaves the set.
-    pool: Pool,
-    in_flight: AtomicUsize,
-    flags: AtomicU8,
-    /// End of a cool-down, in milliseconds since `epoch`; 0 when none.
-    cooling_until: AtomicU64,
-    epoch: Instant,
-    health: Mutex<Health>,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Health {
-    consecutive_failures: u32,
-    ejections: u32,
-    /// The earliest a probe may bring the endpoint back.
-    ejected_until: Option<Instant>,
-    /// The last probe failed.
-    probe_failed: bool,
-    /// Ejected because its probe failed while others answered: dead, not an outlier.
-    dead: bool,
-}
-
-impl Endpoint {
-    fn new(
-        addr: SocketAddr,
-        zone: Option<Arc<str>>,
-        pool: Pool,
-        requests: &Requests,
-        epoch: Instant,
-    ) -> Self {
-        // An address and port are always a valid header value.
-        let host = HeaderValue::from_str(&addr.to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
-        let accept = HeaderValue::from_static("application/json");
-        Self {
-            addr,
-            zone,
-            call_head: http1::request_head(
-                &Uri::from_static("/"),
-                &host,
-                Some(&accept),
-                requests.via.as_ref(),
-            ),
-            probe_head: http1::request_head(&requests.probe_path, &host, None, None),
-            pool,
-            in_flight: AtomicUsize::new(0),
-            flags: AtomicU8::new(0),
-            cooling_until: AtomicU64::new(0),
-            epoch,
-            health: Mutex::default(),
-        }
-    }
-
-    /// The instance's address and port.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// The instance's availability zone, when known.
-    pub fn zone(&self) -> Option<&str> {
-        self.zone.as_deref()
-    }
-
-    /// The call's request head: `GET /` with `Host`, `Accept: application/json` and `Via`.
-    pub fn call_head(&self) -> &[u8] {
-        &self.call_head
-    }
-
-    /// The health probe's request head: `GET <probe path>` with `Host`.
-    pub fn probe_head(&self) -> &[u8] {
-        &self.probe_head
-    }
-
-    /// The connection pool to call this endpoint with.
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
-    /// Requests to this endpoint now in flight.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Counts a request in flight until the returned guard drops.
-    pub fn start(&self) -> InFlight<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self)
-    }
-
-    /// How the picker should regard this endpoint at `now`. Lock-free.
-    pub fn tier(&self, now: Instant) -> Tier {
-        let flags = self.flags.load(Ordering::Relaxed);
-        if flags & EJECTED != 0 {
-            Tier::Ejected
-        } else if flags & PROVEN == 0 || self.cooling(now) {
-            Tier::Doubtful
-        } else {
-            Tier::Ready
-        }
-    }
-
-    /// True during a cool-down; the clock is read only when there is one.
-    fn cooling(&self, now: Instant) -> bool {
-        let until = self.cooling_until.load(Ordering::Relaxed);
-        until != 0 && until > self.millis(now)
-    }
-
-    /// True while ejected.
-    pub fn is_ejected(&self) -> bool {
-        self.flags.load(Ordering::Relaxed) & EJECTED != 0
-    }
-
-    /// True when a health probe should look at this endpoint: ejected, never answered, or
-    /// failing while the cap keeps it in.
-    pub fn needs_probe(&self) -> bool {
-        let flags = self.flags.load(Ordering::Relaxed);
-        flags & (EJECTED | SUSPECT) != 0 || flags & PROVEN == 0
-    }
-
-    /// A live answer: the failure streak ends, the endpoint is proven. An ejected endpoint
-    /// stays ejected until a probe answers.
-    pub fn record_success(&self) {
-        let flags = self.flags.load(Ordering::Relaxed);
-        if flags & (PROVEN | SUSPECT | TROUBLED) == PROVEN {
-            return;
-        }
-        let mut health = self.health();
-        health.consecutive_failures = 0;
-        if flags & EJECTED == 0 {
-            health.ejections = 0;
-            self.set(TROUBLED, false);
-        }
-        self.set(PROVEN, true);
-        self.set(SUSPECT, false);
-    }
-
-    /// The endpoint said it is overloaded: prefer others until `until`.
-    pub fn cool_down(&self, until: Instant) {
-        self.cooling_until
-            .store(self.millis(until).max(1), Ordering::Relaxed);
-    }
-
-    fn millis(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn set(&self, flag: u8, on: bool) {
-        if on {
-            self.flags.fetch_or(flag, Ordering::Relaxed);
-        } else {
-            self.flags.fetch_and(!flag, Ordering::Relaxed);
-        }
-    }
-
-    fn health(&self) -> MutexGuard<'_, Health> {
-        // The lock guards plain counters that every write leaves consistent, so a poisoned
-        // lock still holds good data.
-        self.health
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// A request in flight to an endpoint; dropping it ends the count.
-#[derive(Debug)]
-pub struct InFlight<'a>(&'a Endpoint);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// What a failed attempt did to the endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recorded {
-    /// Counted toward the streak.
-    Counted,
-    /// Ejected, for at least this long.
-    Ejected(Duration),
-    /// The streak is long enough, but the cap keeps the endpoint in: probe it.
-    Suspect,
-}
+use super::ejection::{EjectionPolicy, Probed, Recorded};
+use super::endpoint::{EJECTED, Endpoint, Health, PROVEN, Requests, SUSPECT, TROUBLED};
+use crate::lookup::LookupError;
+use crate::transport::Pool;
 
 /// How discovery stands, for readiness, error messages and `/debug/endpoints`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -356,41 +72,9 @@ impl Serialize for Cause {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     /// The endpoints, ordered by address.
-    pub endpoints: Endpoints,
+    pub endpoints: Vec<Arc<Endpoint>>,
     /// How discovery stands.
     pub discovery: Discovery,
-}
-
-/// The endpoints of a snapshot, ordered by address, and how picks among them weigh zones.
-/// Reads as a slice of endpoints.
-#[derive(Debug, Clone, Default)]
-pub struct Endpoints {
-    list: Vec<Arc<Endpoint>>,
-    zones: Option<Arc<ZoneRouting>>,
-}
-
-impl Endpoints {
-    /// Zone-aware picking, when on.
-    pub fn zone_routing(&self) -> Option<&ZoneRouting> {
-        self.zones.as_deref()
-    }
-}
-
-impl Deref for Endpoints {
-    type Target = [Arc<Endpoint>];
-
-    fn deref(&self) -> &Self::Target {
-        &self.list
-    }
-}
-
-impl<'a> IntoIterator for &'a Endpoints {
-    type Item = &'a Arc<Endpoint>;
-    type IntoIter = std::slice::Iter<'a, Arc<Endpoint>>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.list.iter()
-    }
 }
 
 /// What changed between two answers.
@@ -428,8 +112,12 @@ pub struct EndpointSet {
     /// the same moment cannot together exceed the cap. Taken on the failure path only.
     ejecting: Mutex<()>,
     new_pool: Box<dyn Fn(SocketAddr) -> Pool + Send + Sync>,
-    /// Zone-aware picking, set once at start when on.
-    zones: std::sync::OnceLock<Arc<ZoneRouting>>,
+    /// Asks the refresher to look again before the TTL runs out.
+    refresh: Notify,
+    /// Asks the prober to look at the endpoints that need it now.
+    probe: Notify,
+    /// Ejections, by live failures and by probes.
+    ejections: Counter,
 }
 
 impl EndpointSet {
@@ -441,7 +129,7 @@ impl EndpointSet {
         new_pool: impl Fn(SocketAddr) -> Pool + Send + Sync + 'static,
     ) -> Self {
         let empty = Snapshot {
-            endpoints: Endpoints::default(),
+            endpoints: Vec::new(),
             discovery: Discovery::Pending,
         };
         Self {
@@ -451,13 +139,52 @@ impl EndpointSet {
             epoch: Instant::now(),
             ejecting: Mutex::new(()),
             new_pool: Box::new(new_pool),
-            zones: std::sync::OnceLock::new(),
+            refresh: Notify::new(),
+            probe: Notify::new(),
+            ejections: Counter::default(),
         }
     }
 
-    /// Turns zone-aware picking on for the snapshots to come.
-    pub fn set_zone_routing(&self, routing: Arc<ZoneRouting>) {
-        let _ = self.zones.set(routing);
+    /// An empty set with the default policy and pools, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        Self::new(
+            EjectionPolicy::default(),
+            Requests::new("/healthz", None),
+            Pool::for_tests,
+        )
+    }
+
+    /// Registers the set's metrics in `registry`: ejections, and the endpoints by state, read
+    /// from the set at each scrape.
+    pub fn register_metrics(self: &Arc<Self>, registry: &mut Registry) {
+        registry.register(
+            "endpoint_ejections",
+            "Endpoints ejected after consecutive failures",
+            self.ejections.clone(),
+        );
+        registry.register_collector(Box::new(super::report::EndpointGauges(Arc::clone(self))));
+    }
+
+    /// Asks the refresher to look again before the TTL runs out: every attempt of a call
+    /// failed, and the instances may have moved.
+    pub fn request_refresh(&self) {
+        self.refresh.notify_one();
+    }
+
+    /// Completes when a refresh was requested.
+    pub async fn refresh_requested(&self) {
+        self.refresh.notified().await;
+    }
+
+    /// Asks the prober to look at the endpoints that need it now, not at its next round.
+    pub fn request_probe(&self) {
+        self.probe.notify_one();
+    }
+
+    /// Completes when a probe was requested.
+    pub async fn probe_requested(&self) {
+        self.probe.notified().await;
     }
 
     /// The current snapshot; cheap (one `Arc` clone), never waits on discovery.
@@ -502,12 +229,13 @@ impl EndpointSet {
             })
             .collect();
         self.current.send_replace(Arc::new(Snapshot {
-            endpoints: Endpoints {
-                list: endpoints,
-                zones: self.zones.get().cloned(),
-            },
+            endpoints,
             discovery,
         }));
+        if !changes.added.is_empty() {
+            // New endpoints have never answered: probe them before they are relied on.
+            self.request_probe();
+        }
         changes
     }
 
@@ -573,6 +301,7 @@ impl EndpointSet {
         now: Instant,
         dead: bool,
     ) -> Duration {
+        self.ejections.inc();
         health.ejections = health.ejections.saturating_add(1);
         let duration = self.policy.duration(health.ejections);
         health.ejected_until = Some(now + duration);
@@ -618,110 +347,12 @@ impl EndpointSet {
         }
         Probed::Unchanged
     }
-
-    /// Every endpoint's state, for `/debug/endpoints` and the metrics.
-    pub fn report(&self, now: Instant) -> Vec<EndpointReport> {
-        let snapshot = self.snapshot();
-        let stale = matches!(snapshot.discovery, Discovery::Failing { .. });
-        snapshot
-            .endpoints
-            .iter()
-            .map(|endpoint| {
-                let health = *endpoint.health();
-                let flags = endpoint.flags.load(Ordering::Relaxed);
-                let state = match (endpoint.tier(now), stale) {
-                    (Tier::Ejected, _) => EndpointState::Ejected,
-                    (_, true) => EndpointState::Stale,
-                    (Tier::Doubtful, false) if flags & PROVEN == 0 => EndpointState::Unproven,
-                    (Tier::Doubtful, false) => EndpointState::Cooling,
-                    (Tier::Ready, false) => EndpointState::Healthy,
-                };
-                EndpointReport {
-                    address: endpoint.addr,
-                    zone: endpoint.zone().map(str::to_owned),
-                    state,
-                    in_flight: endpoint.in_flight(),
-                    idle_connections: endpoint.pool.idle_count(),
-                    consecutive_failures: health.consecutive_failures,
-                    ejections: health.ejections,
-                    probe_failed: health.probe_failed,
-                    ejected_for_ms: health
-                        .ejected_until
-                        .filter(|_| flags & EJECTED != 0)
-                        .map(|until| until.saturating_duration_since(now).as_millis()),
-                }
-            })
-            .collect()
-    }
-}
-
-/// What a probe's result changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Probed {
-    /// Nothing worth a log line.
-    Unchanged,
-    /// An ejected endpoint came back.
-    Readmitted,
-    /// A dead endpoint was ejected, for at least this long.
-    Ejected(Duration),
-}
-
-/// An endpoint's state as reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EndpointState {
-    /// Takes traffic.
-    Healthy,
-    /// Has never answered: takes traffic only when no healthy endpoint is left, until a probe
-    /// or a request proves it.
-    Unproven,
-    /// Said it is overloaded: takes traffic only when no healthy endpoint is left, for a
-    /// moment.
-    Cooling,
-    /// Takes no traffic until a probe answers (unless nothing else is left).
-    Ejected,
-    /// Takes traffic, but comes from the last good answer while discovery fails.
-    Stale,
-}
-
-impl EndpointState {
-    /// Every state, for the metrics.
-    pub const ALL: [Self; 5] = [
-        Self::Healthy,
-        Self::Unproven,
-        Self::Cooling,
-        Self::Ejected,
-        Self::Stale,
-    ];
-}
-
-/// One endpoint as `/debug/endpoints` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct EndpointReport {
-    /// Address and port.
-    pub address: SocketAddr,
-    /// Availability zone, when known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub zone: Option<String>,
-    /// Its state.
-    pub state: EndpointState,
-    /// Requests now in flight to it.
-    pub in_flight: usize,
-    /// Its connections kept open for the next requests.
-    pub idle_connections: usize,
-    /// Failed attempts since its last success.
-    pub consecutive_failures: u32,
-    /// Ejections since its last success.
-    pub ejections: u32,
-    /// Its last health probe failed.
-    pub probe_failed: bool,
-    /// Time left before a probe may bring it back, while ejected.
-    pub ejected_for_ms: Option<u128>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::endpoints::{EndpointState, Tier};
 
     fn policy() -> EjectionPolicy {
         EjectionPolicy {
@@ -743,7 +374,7 @@ mod tests {
         let set = EndpointSet::new(
             policy(),
             Requests::new("/healthz", None),
-            crate::upstream::test_pool,
+            crate::transport::Pool::for_tests,
         );
         set.apply(&addrs(last_octets), Discovery::Resolved);
         set
@@ -900,20 +531,6 @@ mod tests {
         assert_eq!(set.report(Instant::now())[0].state, EndpointState::Cooling);
         tokio::time::advance(Duration::from_millis(1001)).await;
         assert_eq!(endpoint.tier(Instant::now()), Tier::Ready);
-    }
-
-    #[test]
-    fn at_least_one_endpoint_may_be_ejected() {
-        assert_eq!(policy().max_ejected(1), 1);
-        assert_eq!(policy().max_ejected(3), 1);
-        assert_eq!(policy().max_ejected(8), 4);
-    }
-
-    #[test]
-    fn ejection_time_is_capped() {
-        assert_eq!(policy().duration(1), Duration::from_secs(2));
-        assert_eq!(policy().duration(3), Duration::from_secs(8));
-        assert_eq!(policy().duration(40), Duration::from_secs(30));
     }
 
     #[tokio::test(start_paused = true)]

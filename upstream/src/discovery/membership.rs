@@ -20,9 +20,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::dns::{Answer, LookupError};
-use super::endpoints::EndpointSet;
-use super::refresh::Lookup;
+use crate::lookup::{Answer, Lookup, LookupError};
 
 /// Record counts of capped answers: MULTIVALUE's cap, and WEIGHTED's one record.
 const CAPPED_SIZES: [usize; 2] = [8, 1];
@@ -38,21 +36,25 @@ struct Seen {
     rotating: Option<usize>,
 }
 
+/// Says whether the endpoint at an address fails its health probes: such a member leaves at
+/// once, whatever the TTL. The endpoint set answers it in the service.
+pub type ProbeFailing = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
+
 /// Keeps the members of capped answers for `ttl`; with a `ttl` of zero, passes answers through.
 pub struct Membership<L> {
     inner: L,
     ttl: Duration,
-    endpoints: Arc<EndpointSet>,
+    probe_failing: ProbeFailing,
     seen: Mutex<Seen>,
 }
 
 impl<L: Lookup> Membership<L> {
-    /// Wraps `inner`; `endpoints` says which members fail their probes.
-    pub fn new(inner: L, ttl: Duration, endpoints: Arc<EndpointSet>) -> Self {
+    /// Wraps `inner`; `probe_failing` says which members fail their probes.
+    pub fn new(inner: L, ttl: Duration, probe_failing: ProbeFailing) -> Self {
         Self {
             inner,
             ttl,
-            endpoints,
+            probe_failing,
             seen: Mutex::default(),
         }
     }
@@ -81,12 +83,12 @@ impl<L: Lookup> Membership<L> {
             seen.members.insert(*addr, now);
         }
         let ttl = self.ttl;
-        let endpoints = &self.endpoints;
+        let probe_failing = &self.probe_failing;
         seen.members.retain(|addr, at| {
             now.saturating_duration_since(*at) < ttl || answer.addrs.contains(addr)
         });
         seen.members
-            .retain(|addr, _| answer.addrs.contains(addr) || !endpoints.probe_failing(*addr));
+            .retain(|addr, _| answer.addrs.contains(addr) || !probe_failing(*addr));
         Answer {
             addrs: seen.members.keys().copied().collect(),
             ..answer
@@ -107,7 +109,7 @@ impl<L: Lookup> Lookup for Membership<L> {
         match result {
             Ok(answer) => Ok(self.merge(answer, Instant::now())),
             Err(err) => {
-                if !matches!(err, LookupError::Failed { .. }) {
+                if err.is_answer() {
                     // No instances is the whole truth.
                     *self.seen() = Seen::default();
                 }
@@ -120,8 +122,6 @@ impl<L: Lookup> Lookup for Membership<L> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    use crate::upstream::endpoints::{EjectionPolicy, Requests};
 
     struct Never;
 
@@ -136,12 +136,7 @@ mod tests {
     }
 
     fn membership() -> Membership<Never> {
-        let endpoints = Arc::new(EndpointSet::new(
-            EjectionPolicy::default(),
-            Requests::new("/healthz", None),
-            crate::upstream::test_pool,
-        ));
-        Membership::new(Never, Duration::from_secs(60), endpoints)
+        Membership::new(Never, Duration::from_secs(60), Arc::new(|_| false))
     }
 
     fn answer(last_octets: impl IntoIterator<Item = u8>) -> Answer {

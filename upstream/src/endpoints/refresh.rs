@@ -1,10 +1,11 @@
-//! The background refresher: asks DNS off the request path, applies each answer to the
+//! The background refresher: asks a discovery source ([`Lookup`]: DNS or Cloud Map's API) off
+//! the request path, applies each answer to the
 //! endpoint set, and schedules the next lookup at the answer's TTL clamped to the configured
 //! bounds. A failed lookup keeps the last good endpoints (serve-stale, RFC 8767) and retries
 //! with a backoff; a negative answer (NXDOMAIN, no records) is an answer and empties the set.
 
 use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,49 +13,67 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::Shared;
-use super::dns::{Answer, Dns, LookupError};
-use super::endpoints::Discovery;
-use super::metrics::DnsResult;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 
-/// The TTL bounds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TtlBounds {
-    /// Floor: no two lookups closer together than this.
-    pub min: Duration,
-    /// Ceiling: no answer kept longer than this.
-    pub max: Duration,
+use super::set::{Discovery, EndpointSet};
+use crate::lookup::{Lookup, LookupError, TtlBounds};
+
+/// How one lookup ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum LookupResult {
+    /// Records came back.
+    Ok,
+    /// NXDOMAIN or no records: an answer with no instances.
+    Negative,
+    /// No answer: timeout, SERVFAIL, refused, network.
+    Failed,
 }
 
-impl TtlBounds {
-    /// When to ask again after an answer with `ttl`.
-    pub fn clamp(&self, ttl: Duration) -> Duration {
-        ttl.clamp(self.min, self.max)
-    }
-
-    /// When to ask again after `failures` failed lookups in a row: the floor, doubled for each
-    /// further failure, up to the ceiling.
-    pub fn backoff(&self, failures: u32) -> Duration {
-        let doublings = failures.saturating_sub(1).min(16);
-        self.min.saturating_mul(1 << doublings).min(self.max)
+impl EncodeLabelValue for LookupResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
+        let label = match self {
+            Self::Ok => "ok",
+            Self::Negative => "negative",
+            Self::Failed => "failed",
+        };
+        EncodeLabelValue::encode(&label, encoder)
     }
 }
 
-/// A source of full answers: [`Dns`] in the service, a script in the tests.
-pub trait Lookup: Send + Sync + 'static {
-    /// The name looked up, for logs.
-    fn name(&self) -> &str;
-    /// One lookup.
-    fn lookup(&self) -> impl Future<Output = Result<Answer, LookupError>> + Send;
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    result: LookupResult,
 }
 
-impl Lookup for Dns {
-    fn name(&self) -> &str {
-        Dns::name(self)
+/// `dns_refreshes{result}`: the refresher's lookups, by result; each label resolved once.
+#[derive(Debug, Clone)]
+pub struct RefreshMetrics {
+    results: [Counter; 3],
+}
+
+impl RefreshMetrics {
+    /// Registers the counters in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let family = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "dns_refreshes",
+            "Lookups of the upstream's instances, by result",
+            family.clone(),
+        );
+        let results = [
+            LookupResult::Ok,
+            LookupResult::Negative,
+            LookupResult::Failed,
+        ]
+        .map(|result| family.get_or_create(&ResultLabels { result }).clone());
+        Self { results }
     }
 
-    fn lookup(&self) -> impl Future<Output = Result<Answer, LookupError>> + Send {
-        Dns::lookup(self)
+    fn count(&self, result: LookupResult) {
+        self.results[result as usize].inc();
     }
 }
 
@@ -62,10 +81,12 @@ impl Lookup for Dns {
 pub struct Refresher<L> {
     /// What to look up.
     pub lookup: L,
-    /// Where answers go, the refresh requests of the request path, and the metrics.
-    pub shared: Arc<Shared>,
+    /// Where answers go, and where the request path asks for an early refresh.
+    pub set: Arc<EndpointSet>,
     /// The TTL bounds; `min` must not exceed `max`.
     pub bounds: TtlBounds,
+    /// The lookups' counters.
+    pub metrics: RefreshMetrics,
 }
 
 impl<L: Lookup> Refresher<L> {
@@ -80,13 +101,13 @@ impl<L: Lookup> Refresher<L> {
             let delay = match result {
                 Ok(answer) => {
                     failures = 0;
-                    self.shared.metrics.dns_refresh(DnsResult::Ok);
+                    self.metrics.count(LookupResult::Ok);
                     self.apply(&answer.addrs, &answer.zones, Discovery::Resolved);
                     self.bounds.clamp(answer.ttl)
                 }
                 Err(err @ (LookupError::Negative { .. } | LookupError::Unregistered { .. })) => {
                     failures = 0;
-                    self.shared.metrics.dns_refresh(DnsResult::Negative);
+                    self.metrics.count(LookupResult::Negative);
                     let ttl = match &err {
                         LookupError::Negative { ttl, .. } => ttl.unwrap_or_default(),
                         _ => Duration::ZERO,
@@ -100,11 +121,10 @@ impl<L: Lookup> Refresher<L> {
                 }
                 Err(err @ LookupError::Failed { .. }) => {
                     failures += 1;
-                    self.shared.metrics.dns_refresh(DnsResult::Failed);
-                    let kept = self.shared.endpoints.snapshot().endpoints.len();
+                    self.metrics.count(LookupResult::Failed);
+                    let kept = self.set.snapshot().endpoints.len();
                     tracing::warn!(error = %err, kept, failures, "DNS refresh failed; keeping the last answer");
-                    self.shared
-                        .endpoints
+                    self.set
                         .set_discovery(Discovery::Failing { reason: err.into() });
                     self.bounds.backoff(failures)
                 }
@@ -122,7 +142,7 @@ impl<L: Lookup> Refresher<L> {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep_until(next) => {}
                 () = async {
-                    self.shared.refresh_requested().await;
+                    self.set.refresh_requested().await;
                     tokio::time::sleep_until(earliest).await;
                 } => tracing::debug!("refreshing early: a request found no instance answering"),
             }
@@ -135,11 +155,7 @@ impl<L: Lookup> Refresher<L> {
         zones: &HashMap<SocketAddr, Arc<str>>,
         discovery: Discovery,
     ) {
-        let changes = self.shared.endpoints.apply_zoned(addrs, zones, discovery);
-        if !changes.added.is_empty() {
-            // New endpoints have never answered: probe them before they are relied on.
-            self.shared.request_probe();
-        }
+        let changes = self.set.apply_zoned(addrs, zones, discovery);
         if !changes.is_empty() {
             tracing::info!(
                 name = self.lookup.name(),
@@ -161,33 +177,6 @@ mod tests {
         max: Duration::from_secs(30),
     };
 
-    #[test]
-    fn a_zero_ttl_waits_for_the_floor() {
-        assert_eq!(BOUNDS.clamp(Duration::ZERO), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn a_long_ttl_is_cut_to_the_ceiling() {
-        assert_eq!(
-            BOUNDS.clamp(Duration::from_secs(600)),
-            Duration::from_secs(30)
-        );
-    }
-
-    #[test]
-    fn a_ttl_within_bounds_is_kept() {
-        assert_eq!(
-            BOUNDS.clamp(Duration::from_secs(10)),
-            Duration::from_secs(10)
-        );
-    }
-
-    #[test]
-    fn failures_back_off_up_to_the_ceiling() {
-        let delays: Vec<u64> = (1..=7).map(|n| BOUNDS.backoff(n).as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30]);
-    }
-
     mod schedule {
         use super::super::*;
         use super::BOUNDS;
@@ -196,8 +185,8 @@ mod tests {
         use std::sync::Mutex;
         use std::sync::atomic::{AtomicUsize, Ordering};
 
-        use crate::upstream::endpoints::{EndpointSet, EndpointState};
-        use crate::upstream::options::RecordKind;
+        use crate::endpoints::EndpointState;
+        use crate::lookup::{Answer, RecordKind};
 
         /// Answers from a script, then the last one forever; counts the lookups.
         struct Script {
@@ -251,28 +240,27 @@ mod tests {
         struct Running {
             calls: Arc<AtomicUsize>,
             endpoints: Arc<EndpointSet>,
-            shared: Arc<Shared>,
             stop: CancellationToken,
             task: tokio::task::JoinHandle<()>,
         }
 
         fn start(script: Vec<Result<Answer, LookupError>>) -> Running {
             let calls = Arc::new(AtomicUsize::new(0));
-            let shared = Shared::for_tests();
+            let set = Arc::new(EndpointSet::for_tests());
             let stop = CancellationToken::new();
             let refresher = Refresher {
                 lookup: Script {
                     answers: Mutex::new(script.into()),
                     calls: Arc::clone(&calls),
                 },
-                shared: Arc::clone(&shared),
+                set: Arc::clone(&set),
                 bounds: BOUNDS,
+                metrics: RefreshMetrics::register(&mut Registry::default()),
             };
             let task = tokio::spawn(refresher.run(stop.clone()));
             Running {
                 calls,
-                endpoints: Arc::clone(&shared.endpoints),
-                shared,
+                endpoints: set,
                 stop,
                 task,
             }
@@ -338,7 +326,7 @@ mod tests {
             run_for(100).await;
             assert_eq!(running.calls(), 1);
 
-            running.shared.request_refresh();
+            running.endpoints.request_refresh();
             run_for(800).await;
             assert_eq!(running.calls(), 1, "the floor is 1 s");
             run_for(200).await;
@@ -351,7 +339,7 @@ mod tests {
             // Lookups at t = 0 (answer), 1, 2 and 4 (failures); the next backoff is 4 s.
             run_for(4_100).await;
             assert_eq!(running.calls(), 4);
-            running.shared.request_refresh();
+            running.endpoints.request_refresh();
             run_for(3_000).await;
             assert_eq!(running.calls(), 4);
         }

@@ -12,8 +12,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::Shared;
-use super::endpoints::{Endpoint, Probed, Tier};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use super::{Endpoint, EndpointSet, Probed, Tier};
 
 /// Most probes in flight at once; the rest wait for the next round.
 const MAX_PROBES_PER_ROUND: usize = 64;
@@ -40,15 +44,39 @@ impl Default for ProbePolicy {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ProbeLabels {
+    result: &'static str,
+}
+
 /// The probing task's inputs.
-pub(crate) struct Prober {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) policy: ProbePolicy,
+pub struct Prober {
+    set: Arc<EndpointSet>,
+    policy: ProbePolicy,
+    /// Probes by result: failed, ok.
+    results: [Counter; 2],
 }
 
 impl Prober {
+    /// A prober of `set`'s endpoints; registers `upstream_probes{result}` in `registry`.
+    pub fn new(set: Arc<EndpointSet>, policy: ProbePolicy, registry: &mut Registry) -> Self {
+        let family = Family::<ProbeLabels, Counter>::default();
+        registry.register(
+            "upstream_probes",
+            "Health probes of endpoints that are new, ejected or failing, by result",
+            family.clone(),
+        );
+        let results =
+            ["failed", "ok"].map(|result| family.get_or_create(&ProbeLabels { result }).clone());
+        Self {
+            set,
+            policy,
+            results,
+        }
+    }
+
     /// Probes until `stop` is cancelled.
-    pub(crate) async fn run(self, stop: CancellationToken) {
+    pub async fn run(self, stop: CancellationToken) {
         loop {
             if stop.run_until_cancelled(self.round()).await.is_none() {
                 return;
@@ -56,14 +84,14 @@ impl Prober {
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(self.policy.interval) => {}
-                () = self.shared.probe_requested() => {}
+                () = self.set.probe_requested() => {}
             }
         }
     }
 
     /// Probes every endpoint that needs it, at once, and applies the results.
     async fn round(&self) {
-        let snapshot = self.shared.endpoints.snapshot();
+        let snapshot = self.set.snapshot();
         let now = Instant::now();
         for endpoint in &snapshot.endpoints {
             endpoint.pool().sweep(now);
@@ -96,18 +124,13 @@ impl Prober {
                 .iter()
                 .any(|endpoint| !endpoint.needs_probe() && endpoint.tier(now) == Tier::Ready);
         for (endpoint, answered) in results {
-            self.shared.metrics.probe(answered);
-            match self
-                .shared
-                .endpoints
-                .probed(&endpoint, answered, others_answer, now)
-            {
+            self.results[usize::from(answered)].inc();
+            match self.set.probed(&endpoint, answered, others_answer, now) {
                 Probed::Unchanged => {}
                 Probed::Readmitted => {
                     tracing::info!(endpoint = %endpoint.addr(), "endpoint answered its probe; back in service")
                 }
                 Probed::Ejected(at_least) => {
-                    self.shared.metrics.ejection();
                     tracing::warn!(endpoint = %endpoint.addr(), ?at_least, "endpoint failed its probe while others answer; ejected")
                 }
             }

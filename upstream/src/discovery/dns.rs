@@ -1,9 +1,10 @@
-//! DNS lookups of the `name` service: a DNS name to a full snapshot of socket addresses and
-//! the TTL it may be kept for. No state and no schedule here; `refresh` decides when to ask.
+//! DNS as a discovery source: a service's DNS name to a full snapshot of socket addresses and
+//! the TTL it may be kept for, from A records or SRV records (Cloud Map's
+//! `1 1 <port> <instance-id>.<service>.<namespace>`). No state and no schedule here; the
+//! refresher decides when to ask.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,54 +16,7 @@ use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, Record};
 use tokio::task::JoinSet;
 
-use super::options::RecordKind;
-
-/// One complete answer: every instance DNS returned, and how long the answer is valid.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
-    /// The instances, each an address and port.
-    pub addrs: BTreeSet<SocketAddr>,
-    /// The smallest TTL of the records that made the answer.
-    pub ttl: Duration,
-    /// The availability zone of the instances that have one (Cloud Map's API says; DNS does
-    /// not).
-    pub zones: HashMap<SocketAddr, Arc<str>>,
-}
-
-/// Why a lookup gave no addresses.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum LookupError {
-    /// The name does not exist or has no records of the type asked: an answer, meaning "no
-    /// instances", valid for `ttl` when the server gave a negative TTL.
-    #[error("{name} {}", if *.nxdomain { "does not exist (NXDOMAIN)".to_owned() } else { format!("has no {} records", record.record_type()) })]
-    Negative {
-        /// The name asked.
-        name: String,
-        /// The record type asked.
-        record: RecordKind,
-        /// True when the name does not exist at all, false when it has no such records.
-        nxdomain: bool,
-        /// The negative-caching TTL from the server's SOA, if any.
-        ttl: Option<Duration>,
-    },
-    /// The service or its namespace is not registered, or lists no instance with an
-    /// address: an answer, meaning "no instances", as NXDOMAIN is.
-    #[error("{name} is not registered in Cloud Map: {reason}")]
-    Unregistered {
-        /// The service asked, `<service>.<namespace>`.
-        name: String,
-        /// What the API said.
-        reason: String,
-    },
-    /// No answer: timeout, SERVFAIL, refused, network error. The last good answer stays.
-    #[error("DNS lookup of {name} failed: {reason}")]
-    Failed {
-        /// The name asked.
-        name: String,
-        /// What went wrong, in words.
-        reason: String,
-    },
-}
+use crate::lookup::{Answer, Lookup, LookupError, RecordKind};
 
 /// Looks up one service name.
 #[derive(Clone)]
@@ -250,6 +204,16 @@ impl Dns {
 
     fn display_name(&self) -> String {
         self.name.trim_end_matches('.').to_owned()
+    }
+}
+
+impl Lookup for Dns {
+    fn name(&self) -> &str {
+        Dns::name(self)
+    }
+
+    fn lookup(&self) -> impl std::future::Future<Output = Result<Answer, LookupError>> + Send {
+        Dns::lookup(self)
     }
 }
 

@@ -40,8 +40,7 @@ use rand::RngExt;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-use super::dns::{Answer, LookupError};
-use super::refresh::{Lookup, TtlBounds};
+use crate::lookup::{Answer, Lookup, LookupError, TtlBounds};
 
 /// The attribute ECS sets to the task's private IPv4 address.
 pub const ATTRIBUTE_IPV4: &str = "AWS_INSTANCE_IPV4";

@@ -1,0 +1,239 @@
+//! One instance of the upstream as the request path sees it: its address and zone, its own
+//! connection pool, requests in flight, and its health in flags that the request path reads
+//! without a lock (ejected, proven, suspect, troubled) beside the counters behind one. The set
+//! ([`super::EndpointSet`]) decides ejections; this type records what happened.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use http::Uri;
+use http::header::HeaderValue;
+use tokio::time::Instant;
+
+use crate::transport::{Pool, http1};
+
+/// Flags of an endpoint: ejected.
+pub(super) const EJECTED: u8 = 1;
+/// The endpoint has answered, a live request or a probe.
+pub(super) const PROVEN: u8 = 2;
+/// Failing, but the ejection cap kept it in: a probe will tell whether it is dead.
+pub(super) const SUSPECT: u8 = 4;
+/// Failures or ejections since the last live answer: a success has history to clear. Kept as a
+/// flag so that the success path of a healthy endpoint takes no lock.
+pub(super) const TROUBLED: u8 = 8;
+
+/// The picker's preference, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tier {
+    /// Has answered; not ejected, not cooling down.
+    Ready = 0,
+    /// Has never answered, or said it is overloaded a moment ago.
+    Doubtful = 1,
+    /// Ejected: tried only when nothing else is left.
+    Ejected = 2,
+}
+
+/// What is asked of every endpoint, besides the call's `GET /`.
+#[derive(Debug, Clone)]
+pub struct Requests {
+    /// The health probe's path.
+    pub probe_path: Uri,
+    /// A `Via` entry for calls.
+    pub via: Option<HeaderValue>,
+}
+
+impl Requests {
+    /// Probes of `probe_path` (`/` when it is not a path: the options were not validated),
+    /// calls with `via`.
+    pub fn new(probe_path: &str, via: Option<HeaderValue>) -> Self {
+        Self {
+            probe_path: probe_path.parse().unwrap_or_else(|_| Uri::from_static("/")),
+            via,
+        }
+    }
+}
+
+/// One instance of the upstream.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub(super) addr: SocketAddr,
+    /// The availability zone, when discovery says (Cloud Map's API does, DNS does not).
+    zone: Option<Arc<str>>,
+    /// The call's request head (`GET /`), made once.
+    call_head: Box<[u8]>,
+    /// The health probe's request head, made once.
+    probe_head: Box<[u8]>,
+    /// This endpoint's own connection pool, so that the endpoint's idle connections close when
+    /// it leaves the set.
+    pub(super) pool: Pool,
+    in_flight: AtomicUsize,
+    pub(super) flags: AtomicU8,
+    /// End of a cool-down, in milliseconds since `epoch`; 0 when none.
+    cooling_until: AtomicU64,
+    epoch: Instant,
+    health: Mutex<Health>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Health {
+    pub(super) consecutive_failures: u32,
+    pub(super) ejections: u32,
+    /// The earliest a probe may bring the endpoint back.
+    pub(super) ejected_until: Option<Instant>,
+    /// The last probe failed.
+    pub(super) probe_failed: bool,
+    /// Ejected because its probe failed while others answered: dead, not an outlier.
+    pub(super) dead: bool,
+}
+
+impl Endpoint {
+    pub(super) fn new(
+        addr: SocketAddr,
+        zone: Option<Arc<str>>,
+        pool: Pool,
+        requests: &Requests,
+        epoch: Instant,
+    ) -> Self {
+        // An address and port are always a valid header value.
+        let host = HeaderValue::from_str(&addr.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        let accept = HeaderValue::from_static("application/json");
+        Self {
+            addr,
+            zone,
+            call_head: http1::request_head(
+                &Uri::from_static("/"),
+                &host,
+                Some(&accept),
+                requests.via.as_ref(),
+            ),
+            probe_head: http1::request_head(&requests.probe_path, &host, None, None),
+            pool,
+            in_flight: AtomicUsize::new(0),
+            flags: AtomicU8::new(0),
+            cooling_until: AtomicU64::new(0),
+            epoch,
+            health: Mutex::default(),
+        }
+    }
+
+    /// The instance's address and port.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The instance's availability zone, when known.
+    pub fn zone(&self) -> Option<&str> {
+        self.zone.as_deref()
+    }
+
+    /// The call's request head: `GET /` with `Host`, `Accept: application/json` and `Via`.
+    pub fn call_head(&self) -> &[u8] {
+        &self.call_head
+    }
+
+    /// The health probe's request head: `GET <probe path>` with `Host`.
+    pub fn probe_head(&self) -> &[u8] {
+        &self.probe_head
+    }
+
+    /// The connection pool to call this endpoint with.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Requests to this endpoint now in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in flight until the returned guard drops.
+    pub fn start(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self)
+    }
+
+    /// How the picker should regard this endpoint at `now`. Lock-free.
+    pub fn tier(&self, now: Instant) -> Tier {
+        let flags = self.flags.load(Ordering::Relaxed);
+        if flags & EJECTED != 0 {
+            Tier::Ejected
+        } else if flags & PROVEN == 0 || self.cooling(now) {
+            Tier::Doubtful
+        } else {
+            Tier::Ready
+        }
+    }
+
+    /// True during a cool-down; the clock is read only when there is one.
+    fn cooling(&self, now: Instant) -> bool {
+        let until = self.cooling_until.load(Ordering::Relaxed);
+        until != 0 && until > self.millis(now)
+    }
+
+    /// True while ejected.
+    pub fn is_ejected(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & EJECTED != 0
+    }
+
+    /// True when a health probe should look at this endpoint: ejected, never answered, or
+    /// failing while the cap keeps it in.
+    pub fn needs_probe(&self) -> bool {
+        let flags = self.flags.load(Ordering::Relaxed);
+        flags & (EJECTED | SUSPECT) != 0 || flags & PROVEN == 0
+    }
+
+    /// A live answer: the failure streak ends, the endpoint is proven. An ejected endpoint
+    /// stays ejected until a probe answers.
+    pub fn record_success(&self) {
+        let flags = self.flags.load(Ordering::Relaxed);
+        if flags & (PROVEN | SUSPECT | TROUBLED) == PROVEN {
+            return;
+        }
+        let mut health = self.health();
+        health.consecutive_failures = 0;
+        if flags & EJECTED == 0 {
+            health.ejections = 0;
+            self.set(TROUBLED, false);
+        }
+        self.set(PROVEN, true);
+        self.set(SUSPECT, false);
+    }
+
+    /// The endpoint said it is overloaded: prefer others until `until`.
+    pub fn cool_down(&self, until: Instant) {
+        self.cooling_until
+            .store(self.millis(until).max(1), Ordering::Relaxed);
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub(super) fn set(&self, flag: u8, on: bool) {
+        if on {
+            self.flags.fetch_or(flag, Ordering::Relaxed);
+        } else {
+            self.flags.fetch_and(!flag, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn health(&self) -> MutexGuard<'_, Health> {
+        // The lock guards plain counters that every write leaves consistent, so a poisoned
+        // lock still holds good data.
+        self.health
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A request in flight to an endpoint; dropping it ends the count.
+#[derive(Debug)]
+pub struct InFlight<'a>(&'a Endpoint);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}

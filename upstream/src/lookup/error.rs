@@ -1,0 +1,48 @@
+//! Why a lookup gave no addresses: an answer that there are none, or no answer at all.
+
+use std::time::Duration;
+
+use super::RecordKind;
+
+/// Why a lookup gave no addresses.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LookupError {
+    /// The name does not exist or has no records of the type asked: an answer, meaning "no
+    /// instances", valid for `ttl` when the server gave a negative TTL.
+    #[error("{name} {}", if *.nxdomain { "does not exist (NXDOMAIN)".to_owned() } else { format!("has no {} records", record.record_type()) })]
+    Negative {
+        /// The name asked.
+        name: String,
+        /// The record type asked.
+        record: RecordKind,
+        /// True when the name does not exist at all, false when it has no such records.
+        nxdomain: bool,
+        /// The negative-caching TTL from the server's SOA, if any.
+        ttl: Option<Duration>,
+    },
+    /// The service or its namespace is not registered, or lists no instance with an
+    /// address: an answer, meaning "no instances", as NXDOMAIN is.
+    #[error("{name} is not registered in Cloud Map: {reason}")]
+    Unregistered {
+        /// The service asked, `<service>.<namespace>`.
+        name: String,
+        /// What the API said.
+        reason: String,
+    },
+    /// No answer: timeout, SERVFAIL, refused, network error. The last good answer stays.
+    #[error("DNS lookup of {name} failed: {reason}")]
+    Failed {
+        /// The name asked.
+        name: String,
+        /// What went wrong, in words.
+        reason: String,
+    },
+}
+
+impl LookupError {
+    /// True when the source answered that there are no instances (as opposed to not
+    /// answering): the set empties, and no backoff follows.
+    pub fn is_answer(&self) -> bool {
+        !matches!(self, Self::Failed { .. })
+    }
+}
