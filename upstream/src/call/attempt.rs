@@ -1,7 +1,6 @@
 //! One attempt on one endpoint: the request sent on the endpoint's pool, the answer read up to
 //! the bound and decoded, and what its status says when it is not a success.
 
-use std::future::Future;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -86,30 +85,6 @@ impl Caller {
         self.metrics.attempt(AttemptOutcome::Ok);
         self.latency.record(answered - started, answered);
         Ok(answer)
-    }
-}
-
-/// `attempt`, failed as timed out if `timer` (set to `timeout`) fires first.
-pub(super) async fn bounded<T>(
-    attempt: impl Future<Output = Result<T, AttemptError>>,
-    timer: impl Future<Output = ()>,
-    endpoint: &Endpoint,
-    timeout: Duration,
-) -> Result<T, AttemptError> {
-    tokio::select! {
-        biased;
-        result = attempt => result,
-        () = timer => Err(timed_out(endpoint, timeout)),
-    }
-}
-
-/// An attempt on `endpoint` that did not answer within `timeout`.
-pub(super) fn timed_out(endpoint: &Endpoint, timeout: Duration) -> AttemptError {
-    AttemptError {
-        endpoint: endpoint.addr(),
-        kind: AttemptErrorKind::Timeout(timeout),
-        outcome: AttemptOutcome::Timeout,
-        retry_after: None,
     }
 }
 

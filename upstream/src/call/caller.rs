@@ -13,7 +13,7 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
-use super::attempt::{bounded, timed_out};
+use super::deadline::{bounded, timed_out};
 use super::error::{AttemptError, CallError, DecodeError, Failure, NoEndpoints, Stopped};
 use super::latency::{HedgePolicy, Latency};
 use super::metrics::CallMetrics;

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::attempt::bounded;
 use super::caller::{Caller, Finished, Progress};
+use super::deadline::bounded;
 use super::error::{AttemptError, DecodeError};
 use super::metrics::AttemptOutcome;
 use crate::endpoints::Endpoint;

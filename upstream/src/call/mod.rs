@@ -5,6 +5,7 @@
 
 mod attempt;
 mod caller;
+mod deadline;
 mod error;
 mod hedge;
 mod latency;

@@ -11,6 +11,7 @@ use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
 };
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -71,6 +72,17 @@ pub struct EndpointReport {
 }
 
 impl EndpointSet {
+    /// Registers the set's metrics in `registry`: ejections, and the endpoints by state, read
+    /// from the set at each scrape.
+    pub fn register_metrics(self: &Arc<Self>, registry: &mut Registry) {
+        registry.register(
+            "endpoint_ejections",
+            "Endpoints ejected after consecutive failures",
+            self.ejections().clone(),
+        );
+        registry.register_collector(Box::new(EndpointGauges(Arc::clone(self))));
+    }
+
     /// Every endpoint's state, for `/debug/endpoints` and the metrics.
     pub fn report(&self, now: Instant) -> Vec<EndpointReport> {
         let snapshot = self.snapshot();
@@ -126,7 +138,7 @@ struct StateLabels {
 }
 
 /// `endpoints{state}`: the endpoints known now, counted by state at each scrape.
-pub(super) struct EndpointGauges(pub(super) Arc<EndpointSet>);
+struct EndpointGauges(Arc<EndpointSet>);
 
 impl fmt::Debug for EndpointGauges {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -155,15 +154,9 @@ impl EndpointSet {
         )
     }
 
-    /// Registers the set's metrics in `registry`: ejections, and the endpoints by state, read
-    /// from the set at each scrape.
-    pub fn register_metrics(self: &Arc<Self>, registry: &mut Registry) {
-        registry.register(
-            "endpoint_ejections",
-            "Endpoints ejected after consecutive failures",
-            self.ejections.clone(),
-        );
-        registry.register_collector(Box::new(super::report::EndpointGauges(Arc::clone(self))));
+    /// Ejections so far, a counter the set's metrics register.
+    pub(super) fn ejections(&self) -> &Counter {
+        &self.ejections
     }
 
     /// Asks the refresher to look again before the TTL runs out: every attempt of a call
