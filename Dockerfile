@@ -93,6 +93,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY common common
 COPY name name
 COPY hello hello
+COPY upstream upstream
 RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
@@ -103,6 +104,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY common common
 COPY name name
 COPY hello hello
+COPY upstream upstream
 RUN target="$(cat /target-triple)" \
  && cargo build --release --locked --target "$target" --bin name --bin hello \
  && mkdir /out \

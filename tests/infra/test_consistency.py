@@ -160,9 +160,9 @@ def test_hello_discovery_record_follows_name_record_type():
     assert env("hello")["DISCOVERY_RECORD"] == {"Fn::If": ["NameSrvRecords", "srv", "a"]}
     assert hello["Conditions"]["NameSrvRecords"] == {"Fn::Equals": [{"Ref": "NameRecordType"}, "SRV"]}
     # hello's RecordKind parses exactly these spellings.
-    options = source("hello/src/upstream/options.rs")
+    options = source("upstream/src/lookup/record.rs")
     parse = re.search(r"impl FromStr for RecordKind\s*\{(.*?)\n\}", options, re.DOTALL)
-    assert parse, "hello/src/upstream/options.rs does not parse a RecordKind"
+    assert parse, "upstream/src/lookup/record.rs does not parse a RecordKind"
     spellings = re.findall(r'"(\w+)"\s*=>\s*Ok\(Self::', parse.group(1))
     assert sorted(spellings) == ["a", "srv"]
 
