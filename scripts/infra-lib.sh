@@ -52,7 +52,6 @@ resolve_aws() {
   [[ -n "$REGION" ]] || die "no AWS region: pass --region, or set AWS_REGION, or run 'aws configure'"
   ACCOUNT="$(aws sts get-caller-identity --query Account --output text 2>/dev/null)" \
     || die "the AWS CLI has no working credentials: run 'aws configure' or 'aws sso login'"
-  REGISTRY="$ACCOUNT.dkr.ecr.$REGION.amazonaws.com"
 }
 
 # repository SERVICE: the ECR repository of a service's image.

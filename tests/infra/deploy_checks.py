@@ -518,6 +518,48 @@ TEMPLATE_CHECKS: dict[str, Callable[[dict], list[str]]] = {
 }
 
 
+# --- text checks: what a template or script writes, comments aside -------------------------
+
+# Service hosts and principals end in the partition's domain: amazonaws.com, and
+# amazonaws.com.cn in the China Regions, whose endpoints are <service>.<region>.amazonaws.com.cn
+# (https://docs.amazonaws.cn/en_us/general/latest/gr/endpoints-arns.html). The templates build
+# them from AWS::URLSuffix (and ARNs from AWS::Partition); the scripts take the registry host
+# from ECR's own answer (repositoryUri). A literal is right only where the documentation writes
+# one name for every partition; each such name is listed here with its source, and the line
+# that writes it must say so in a trailing comment.
+LITERAL_HOSTS = {
+    # ECS tasks' trust principal, as the ECS guide for the China Regions writes it.
+    "ecs-tasks.amazonaws.com": "https://docs.amazonaws.cn/AmazonECS/latest/userguide/task_IAM_role.html",
+    # The ELB log-delivery principal, for the Regions outside hello.yml's ElbLogDelivery
+    # mapping; every China and GovCloud Region is in the mapping, so it never meets another domain.
+    "logdelivery.elasticloadbalancing.amazonaws.com":
+        "https://docs.aws.amazon.com/elasticloadbalancing/latest/application/enable-access-logging.html",
+}
+_HOST = re.compile(r"[A-Za-z0-9${}:._-]*amazonaws\.com(?:\.cn)?")
+_COMMENT = re.compile(r"(?:^|\s)#")
+
+
+def partition_dns_suffix(text: str) -> list[str]:
+    """No template or script writes the domain amazonaws.com (or amazonaws.com.cn) outside a
+    comment, except the hosts of LITERAL_HOSTS on a line with a trailing comment saying why."""
+    findings = []
+    for number, line in enumerate(text.splitlines(), 1):
+        comment = _COMMENT.search(line)
+        starts = comment.start() if comment else len(line)
+        for match in _HOST.finditer(line):
+            if match.start() >= starts:
+                continue  # prose in a comment
+            host = match.group(0)
+            if host not in LITERAL_HOSTS:
+                findings.append(f"line {number}: {host} writes the partition's domain; use AWS::URLSuffix")
+            elif comment is None:
+                findings.append(f"line {number}: {host} is right in every partition, but the line does not say so")
+    return findings
+
+
+TEXT_CHECKS: dict[str, Callable[[str], list[str]]] = {f.__name__: f for f in (partition_dns_suffix,)}
+
+
 # --- documentation checks -------------------------------------------------------------------
 
 def documented_parameter_names(text: str, known: set[str]) -> set[str]:

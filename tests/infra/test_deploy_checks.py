@@ -25,6 +25,17 @@ def test_real_template_passes(name, check):
     assert deploy_checks.TEMPLATE_CHECKS[check](template(name)) == []
 
 
+# The templates and the deploy scripts: what the text checks read.
+TEXT_FILES = [f"infra/{name}.yml" for name in TEMPLATE_NAMES] + [
+    f"scripts/{name}" for name in ("infra-check", "infra-deploy", "infra-lib.sh", "infra-setup", "infra-teardown")]
+
+
+@pytest.mark.parametrize("check", sorted(deploy_checks.TEXT_CHECKS))
+@pytest.mark.parametrize("path", TEXT_FILES)
+def test_real_file_passes_text_check(path, check):
+    assert deploy_checks.TEXT_CHECKS[check]((ROOT / path).read_text(encoding="utf-8")) == []
+
+
 @pytest.mark.parametrize("readme", ["README.md", "infra/README.md"])
 def test_documented_parameters_reach_the_nested_stacks(readme):
     text = (ROOT / readme).read_text(encoding="utf-8")
@@ -38,14 +49,21 @@ def test_infra_readme_documents_every_parent_parameter():
 
 def test_every_check_has_a_fixture_and_every_fixture_a_check():
     fixtures = {p.stem for p in DEPLOY_FIXTURES.iterdir()}
-    assert fixtures == set(deploy_checks.TEMPLATE_CHECKS) | set(deploy_checks.DOC_CHECKS)
+    assert fixtures == (set(deploy_checks.TEMPLATE_CHECKS) | set(deploy_checks.TEXT_CHECKS)
+                        | set(deploy_checks.DOC_CHECKS))
 
 
-@pytest.mark.parametrize("check", sorted(deploy_checks.TEMPLATE_CHECKS))
+def _failed_template_checks(path) -> list[str]:
+    """The template and text checks a template file fails."""
+    doc, text = load(path), path.read_text(encoding="utf-8")
+    failed = [name for name, fn in deploy_checks.TEMPLATE_CHECKS.items() if fn(doc)]
+    failed += [name for name, fn in deploy_checks.TEXT_CHECKS.items() if fn(text)]
+    return sorted(failed)
+
+
+@pytest.mark.parametrize("check", sorted(deploy_checks.TEMPLATE_CHECKS) + sorted(deploy_checks.TEXT_CHECKS))
 def test_template_fixture_fails_exactly_its_check(check):
-    doc = load(DEPLOY_FIXTURES / f"{check}.yml")
-    failed = sorted(name for name, fn in deploy_checks.TEMPLATE_CHECKS.items() if fn(doc))
-    assert failed == [check]
+    assert _failed_template_checks(DEPLOY_FIXTURES / f"{check}.yml") == [check]
 
 
 @pytest.mark.parametrize("check", sorted(deploy_checks.DOC_CHECKS))
@@ -150,3 +168,24 @@ def test_nested_parameter_the_parent_does_not_pass_fails(stack, name):
     parent = copy.deepcopy(template("parent"))
     del parent["Resources"][stack]["Properties"]["Parameters"][name]
     assert _unpassed(parent) == [f"{stack}: {name}"]
+
+
+@pytest.mark.parametrize("path, old, new", [
+    # The key policy's and the role's Logs hosts as they were, written for one partition.
+    ("infra/cluster.yml", 'Service: !Sub "logs.${AWS::Region}.${AWS::URLSuffix}"',
+     'Service: !Sub "logs.${AWS::Region}.amazonaws.com"'),
+    ("infra/cluster.yml", 'kms:ViaService: !Sub "logs.${AWS::Region}.${AWS::URLSuffix}"',
+     'kms:ViaService: !Sub "logs.${AWS::Region}.amazonaws.com"'),
+    # A literal that is right in every partition, without the comment that says so.
+    ("infra/hello.yml", "Service: ecs-tasks.amazonaws.com  # the same in every partition (see above)",
+     "Service: ecs-tasks.amazonaws.com"),
+])
+def test_partition_literal_put_back_fails(path, old, new):
+    text = (ROOT / path).read_text(encoding="utf-8")
+    assert old in text
+    assert deploy_checks.partition_dns_suffix(text.replace(old, new)) != []
+
+
+def test_registry_host_written_in_a_script_fails():
+    # scripts/infra-lib.sh once built the registry host for the commercial partition only.
+    assert deploy_checks.partition_dns_suffix('  REGISTRY="$ACCOUNT.dkr.ecr.$REGION.amazonaws.com"\n') != []

@@ -184,7 +184,11 @@ def test_deploy_then_teardown(aws_env):
     (described,) = aws(aws_env, "cloudformation", "describe-stacks", "--stack-name", stack)["Stacks"]
     assert described["StackStatus"] == "CREATE_COMPLETE"
     params = {p["ParameterKey"]: p["ParameterValue"] for p in described["Parameters"]}
-    assert "/rehearsal/name@sha256:" in params["NameImageUri"]  # pinned by digest, not by tag
+    # Pinned by digest, on the repository URI as ECR gives it (its host carries the partition's
+    # domain, which the script never writes itself).
+    (repo,) = aws(aws_env, "ecr", "describe-repositories", "--repository-names", f"{stack}/name")["repositories"]
+    (image,) = aws(aws_env, "ecr", "describe-images", "--repository-name", f"{stack}/name")["imageDetails"]
+    assert params["NameImageUri"] == f"{repo['repositoryUri']}@{image['imageDigest']}"
     resources = nested_resources(aws_env, stack)
     assert [kind for kind, _ in resources].count("AWS::CloudFormation::Stack") == 2
 
