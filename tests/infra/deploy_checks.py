@@ -505,6 +505,58 @@ def _cloudmap_role_findings(where: str, role_id: str, role: dict, variables: dic
     return findings
 
 
+# What Cloud Map accepts as names, from its API model: ServiceName for CreateService
+# (https://docs.aws.amazon.com/cloud-map/latest/api/API_CreateService.html: labels of letters,
+# digits, '-' and '_', neither starting nor ending with '-', 127 characters in all) and
+# NamespaceNamePrivate for CreatePrivateDnsNamespace
+# (https://docs.aws.amazon.com/cloud-map/latest/api/API_CreatePrivateDnsNamespace.html: 1 to 253
+# printable characters, not starting with "arn:"). A name a parameter lets through and the API
+# refuses fails the stack at create time, after the VPC and the cluster exist.
+CLOUDMAP_SERVICE_NAME = re.compile(
+    r"((?=^.{1,127}$)^([a-zA-Z0-9_][a-zA-Z0-9\-_]{0,61}[a-zA-Z0-9_]|[a-zA-Z0-9])"
+    r"(\.([a-zA-Z0-9_][a-zA-Z0-9\-_]{0,61}[a-zA-Z0-9_]|[a-zA-Z0-9]))*$)|(^\.$)")
+CLOUDMAP_PRIVATE_NAMESPACE = re.compile(r"^(?!arn:)[!-~]{1,253}$")
+# Names a parameter might wrongly admit: hyphens at a label's ends, labels over 63 characters,
+# empty labels, names over 127 (a service) and 253 (a namespace) characters.
+CLOUDMAP_NAME_PROBES = [
+    "name", "name-", "-name", "na-me", "a" * 63, "a" * 64, "a.b", "a..b", "a.", "a-.b",
+    ".".join(["a" * 63] * 2), ".".join(["a" * 63] * 3), ".".join(["a" * 63] * 4), "arn:x",
+]
+
+
+def _parameter_admits(param: dict, value: str) -> bool:
+    """Whether CloudFormation accepts `value` for a String parameter (AllowedPattern matches
+    the whole value; MinLength and MaxLength hold; AllowedValues lists it)."""
+    if "AllowedValues" in param and value not in [str(v) for v in param["AllowedValues"]]:
+        return False
+    if "AllowedPattern" in param and not re.fullmatch(param["AllowedPattern"], value):
+        return False
+    return int(param.get("MinLength", 0)) <= len(value) <= int(param.get("MaxLength", 4096))
+
+
+def cloudmap_name_parameters(doc: dict) -> list[str]:
+    """A parameter that names a Cloud Map service or private DNS namespace admits only names
+    the Cloud Map API accepts."""
+    findings = []
+    targets = [(lid, props.get("Name"), CLOUDMAP_SERVICE_NAME, "CreateService")
+               for lid, props in resources(doc, "AWS::ServiceDiscovery::Service")]
+    targets += [(lid, props.get("Name"), CLOUDMAP_PRIVATE_NAMESPACE, "CreatePrivateDnsNamespace")
+                for lid, props in resources(doc, "AWS::ServiceDiscovery::PrivateDnsNamespace")]
+    for logical_id, name, api, action in targets:
+        if not (isinstance(name, dict) and list(name) == ["Ref"]):
+            if isinstance(name, str) and not api.search(name):
+                findings.append(f"{logical_id}: {action} refuses the name {name!r}")
+            continue
+        param = doc.get("Parameters", {}).get(name["Ref"])
+        if param is None:
+            continue  # a pseudo parameter or a resource: nothing to probe
+        for probe in CLOUDMAP_NAME_PROBES:
+            if _parameter_admits(param, probe) and not api.search(probe):
+                shown = probe if len(probe) < 20 else f"{probe[:8]}... ({len(probe)} characters)"
+                findings.append(f"{logical_id}: parameter {name['Ref']} admits {shown!r}, which {action} refuses")
+    return findings
+
+
 TEMPLATE_CHECKS: dict[str, Callable[[dict], list[str]]] = {
     f.__name__: f for f in (
         fargate_cpu_memory_pairs,
@@ -514,6 +566,7 @@ TEMPLATE_CHECKS: dict[str, Callable[[dict], list[str]]] = {
         ec2_description_substitutions,
         ecs_srv_registries_name_a_port,
         cloudmap_task_role,
+        cloudmap_name_parameters,
     )
 }
 

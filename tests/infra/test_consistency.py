@@ -111,9 +111,11 @@ def test_parent_defaults_match_the_nested_defaults():
                 if parent_default is not None and child_default is not None:
                     assert parent_default == child_default, f"{stack}.{key}"
                     checked += 1
-                if "AllowedValues" in parent_params[value["Ref"]]:
-                    assert parent_params[value["Ref"]]["AllowedValues"] == child_params[key].get(
-                        "AllowedValues"), f"{stack}.{key}"
+                # The parent refuses what the nested stack would refuse, before anything exists.
+                for constraint in ("AllowedValues", "AllowedPattern", "MinLength", "MaxLength", "MinValue", "MaxValue"):
+                    if constraint in child_params[key]:
+                        assert parent_params[value["Ref"]].get(constraint) == child_params[key][constraint], (
+                            f"{stack}.{key}: {constraint}")
     assert checked >= 10
 
 

@@ -127,6 +127,11 @@ OLD_DEFECTS = {
             TaskRoleArn={"Fn::GetAtt": ["TaskRole", "Arn"]}), "cloudmap_task_role"),
     "API mode without a task role": (
         "hello", lambda d: d["Resources"]["TaskDefinition"]["Properties"].pop("TaskRoleArn"), "cloudmap_task_role"),
+    "service name pattern admits a trailing hyphen": (
+        "name", lambda d: d["Parameters"]["DiscoveryName"].update(AllowedPattern="^[a-z][a-z0-9-]{0,62}$"),
+        "cloudmap_name_parameters"),
+    "namespace name without its 253-character bound": (
+        "cluster", lambda d: d["Parameters"]["NamespaceName"].pop("MaxLength"), "cloudmap_name_parameters"),
     "stack name pattern lets an apostrophe through": (
         "hello", lambda d: d["Parameters"]["EnvironmentName"].update(AllowedPattern="^.+$"),
         "ec2_description_substitutions"),
