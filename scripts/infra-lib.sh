@@ -63,12 +63,21 @@ stack_status() {
     --query 'Stacks[0].StackStatus' --output text 2>/dev/null || true
 }
 
-# stack_parameter KEY: a parameter value of the parent stack, empty when missing.
-stack_parameter() {
-  aws cloudformation describe-stacks --region "$REGION" --stack-name "$STACK_NAME" \
-    --query "Stacks[0].Parameters[?ParameterKey=='$1'].ParameterValue" --output text 2>/dev/null \
-    | sed 's/^None$//'
+# load_stack_parameters: reads the parent stack's parameters, in one call, into
+# STACK_PARAMETERS (key -> value); empty when there is no stack.
+declare -A STACK_PARAMETERS=()
+load_stack_parameters() {
+  local key value
+  STACK_PARAMETERS=()
+  while IFS=$'\t' read -r key value; do
+    if [[ -n "$key" && "$key" != None ]]; then STACK_PARAMETERS[$key]="$value"; fi
+  done < <(aws cloudformation describe-stacks --region "$REGION" --stack-name "$STACK_NAME" \
+    --query 'Stacks[0].Parameters[].[ParameterKey, ParameterValue]' --output text 2>/dev/null || true)
 }
+
+# stack_parameter KEY: a parameter value of the parent stack (after load_stack_parameters),
+# empty when missing.
+stack_parameter() { printf '%s' "${STACK_PARAMETERS[$1]:-}"; }
 
 # stack_resources STACK: "type<TAB>physical id" of every resource of the stack and, through
 # list-stack-resources, of its nested stacks. Works in every stack state, failed creates
@@ -88,6 +97,17 @@ stack_resources() {
 parent_parameters() {
   awk '/^Parameters:/ { p = 1; next } /^[^ #]/ { p = 0 } p && /^  [A-Za-z0-9]+:$/ { sub(/:$/, ""); print $1 }' \
     "$TEMPLATE"
+}
+
+# parent_default KEY: the Default of a parameter of the parent template, quotes removed;
+# empty when it has none.
+parent_default() {
+  awk -v key="$1" '
+    /^Parameters:/ { p = 1; next }
+    /^[^ #]/ { p = 0 }
+    p && /^  [A-Za-z0-9]+:$/ { name = $1; sub(/:$/, "", name); next }
+    p && name == key && /^    Default:/ { sub(/^    Default: */, ""); gsub(/^"|"$/, ""); print; exit }
+  ' "$TEMPLATE"
 }
 
 # stack_output KEY: an output of the parent stack, empty when the stack or output is missing.

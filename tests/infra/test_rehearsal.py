@@ -148,6 +148,8 @@ def stack_statuses(env: dict) -> dict[str, str]:
     (["NameImageUri=x"], "NameImageUri is set by infra-deploy"),
     (["NameRecordType=CNAME"], "NameRecordType must be A or SRV, not CNAME"),
     (["NameRoutingPolicy=FAILOVER"], "NameRoutingPolicy must be MULTIVALUE or WEIGHTED, not FAILOVER"),
+    (["MinCapacity=two"], "MinCapacity must be a whole number, not two"),
+    (["MinCapacity=5", "MaxCapacity=3"], "MinCapacity 5 is greater than MaxCapacity 3: Application Auto Scaling"),
 ])
 def test_deploy_refuses_bad_input_before_any_aws_call(aws_env, args, message):
     env = dict(aws_env, AWS_ENDPOINT_URL="http://127.0.0.1:9")  # nothing listens: any call would fail
@@ -157,7 +159,23 @@ def test_deploy_refuses_bad_input_before_any_aws_call(aws_env, args, message):
     assert line.startswith(f"infra-deploy: error: {message}"), result.stderr
 
 
-# --- deploy, refuse record-type and routing-policy changes, tear down -----------------------------------------
+# --- deploy, refuse what the stack cannot take, tear down -------------------------------------
+
+EXISTING_STACK_REFUSALS = [
+    (["NameRecordType=SRV"], "NameRecordType cannot change from A to SRV on an existing stack"),
+    (["NameRoutingPolicy=WEIGHTED"], "NameRoutingPolicy cannot change from MULTIVALUE to WEIGHTED on an existing "
+     "stack (Cloud Map cannot change a service's routing policy in place)"),
+    (["VpcCidr=10.1.0.0/16"], "VpcCidr cannot change from 10.0.0.0/16 to 10.1.0.0/16 on an existing stack "
+     "(a new CIDR replaces the VPC while the internet gateway"),
+    (["NamespaceName=svc.internal"], "NamespaceName cannot change from internal to svc.internal on an existing "
+     "stack (a new name replaces the Cloud Map namespace"),
+    (["NameServiceName=names"], "NameServiceName cannot change from name to names on an existing stack "
+     "(a new name replaces name's Cloud Map service"),
+    # One bound given, the other the stack's.
+    (["MinCapacity=11"], "MinCapacity 11 is greater than MaxCapacity 10 (the stack's current MaxCapacity)"),
+    (["MaxCapacity=1"], "MinCapacity 2 is greater than MaxCapacity 1 (the stack's current MinCapacity)"),
+]
+
 
 def test_deploy_then_teardown(aws_env):
     stack = "rehearsal"
@@ -192,15 +210,14 @@ def test_deploy_then_teardown(aws_env):
     resources = nested_resources(aws_env, stack)
     assert [kind for kind, _ in resources].count("AWS::CloudFormation::Stack") == 2
 
-    refused = deploy(aws_env, stack, "NameRecordType=SRV")
-    assert refused.returncode == 1
-    assert refused.stderr.strip().splitlines()[-1].startswith(
-        "infra-deploy: error: NameRecordType cannot change from A to SRV on an existing stack")
-    refused = deploy(aws_env, stack, "NameRoutingPolicy=WEIGHTED")
-    assert refused.returncode == 1
-    assert refused.stderr.strip().splitlines()[-1].startswith(
-        "infra-deploy: error: NameRoutingPolicy cannot change from MULTIVALUE to WEIGHTED on an existing stack "
-        "(Cloud Map cannot change a service's routing policy in place)")
+    # Changes the existing stack cannot take, refused before CloudFormation is asked.
+    for args, message in EXISTING_STACK_REFUSALS:
+        refused = deploy(aws_env, stack, *args)
+        assert refused.returncode == 1, args
+        assert refused.stderr.strip().splitlines()[-1].startswith(f"infra-deploy: error: {message}"), refused.stderr
+    # The same value is no change: the deploy goes on (to the missing output moto leaves).
+    same = deploy(aws_env, stack, "NamespaceName=internal", "MinCapacity=10")
+    assert same.stderr.strip().splitlines()[-1].startswith("infra-deploy: error: the stack has no HelloUrl output")
 
     (bucket,) = [pid for kind, pid in resources if kind == "AWS::S3::Bucket"]
     (balancer,) = [pid for kind, pid in resources if kind == "AWS::ElasticLoadBalancingV2::LoadBalancer"]
@@ -214,6 +231,15 @@ def test_deploy_then_teardown(aws_env):
     assert bucket not in buckets(aws_env)  # moto keeps a bucket that still holds objects
     repos = aws(aws_env, "ecr", "describe-repositories")["repositories"]
     assert not [r for r in repos if r["repositoryName"].startswith(f"{stack}/")]
+
+
+def test_deploy_of_a_new_stack_compares_a_bound_with_the_template_default(aws_env):
+    result = deploy(aws_env, "never-created", "MinCapacity=11")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "infra-deploy: error: MinCapacity 11 is greater than MaxCapacity 10 (the template's default MaxCapacity)")
+    repos = aws(aws_env, "ecr", "describe-repositories")["repositories"]
+    assert not [r for r in repos if r["repositoryName"].startswith("never-created/")]  # nothing was made
 
 
 def test_teardown_of_no_stack_says_so(aws_env):
