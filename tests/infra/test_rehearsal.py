@@ -11,7 +11,8 @@ parent and its nested stacks, DeleteStack and its waiter; ELBv2 ModifyLoadBalanc
 What it cannot: infra/parent.yml itself (moto does not evaluate Fn::Cidr and cannot read a
 nested stack's outputs with Fn::GetAtt), so the stacks here come from
 tests/infra/fixtures/rehearsal; a create that fails into ROLLBACK_COMPLETE (moto answers 500
-instead); deletion protection (moto deletes a protected load balancer anyway); SAM's managed
+instead); a create from REVIEW_IN_PROGRESS (moto's CREATE change set on such a stack makes a
+second stack of the same name); deletion protection (moto deletes a protected load balancer anyway); SAM's managed
 bucket (`--resolve-s3`: moto's stack lacks the tags SAM checks), hence --s3-bucket; docker
 build and push, hence --skip-push; and the outputs of a stack created through a change set
 (moto's DescribeStacks has none for it), so the deploy here ends at "the stack has no HelloUrl
@@ -240,6 +241,31 @@ def test_deploy_of_a_new_stack_compares_a_bound_with_the_template_default(aws_en
         "infra-deploy: error: MinCapacity 11 is greater than MaxCapacity 10 (the template's default MaxCapacity)")
     repos = aws(aws_env, "ecr", "describe-repositories")["repositories"]
     assert not [r for r in repos if r["repositoryName"].startswith("never-created/")]  # nothing was made
+
+
+def test_stack_left_in_review_in_progress(aws_env):
+    """A first deploy whose change set fails or is interrupted leaves the stack in
+    REVIEW_IN_PROGRESS, which never ends; moto makes that state from a change set created and
+    not executed. infra-deploy goes on from it, here as far as the images (--skip-push makes
+    none). moto cannot take the create further: its CREATE change set on such a stack makes a
+    second stack of the same name, where CloudFormation reuses the first, so SAM would wait on
+    the wrong one. infra-teardown deletes it."""
+    stack = "stuck"
+    aws(aws_env, "cloudformation", "create-change-set", "--stack-name", stack, "--change-set-name", "first",
+        "--change-set-type", "CREATE", "--template-body", (REHEARSAL / "logs.yml").read_text(encoding="utf-8"))
+    assert stack_statuses(aws_env)[stack] == "REVIEW_IN_PROGRESS"
+
+    resumed = deploy(aws_env, stack)
+    assert resumed.returncode == 1
+    assert ("infra-deploy: stack stuck is REVIEW_IN_PROGRESS (an earlier first deploy never ran its change set): "
+            "creating it") in resumed.stderr
+    assert resumed.stderr.strip().splitlines()[-1].startswith("infra-deploy: error: name: no image stuck/name:")
+
+    gone = script(aws_env, "infra-teardown", "--stack-name", stack)
+    assert gone.returncode == 0, gone.stderr
+    assert "infra-teardown: stack stuck is REVIEW_IN_PROGRESS (a first deploy that never ran its change set): " \
+        "deleting it" in gone.stderr
+    assert stack_statuses(aws_env)[stack] == "DELETE_COMPLETE"
 
 
 def test_teardown_of_no_stack_says_so(aws_env):
