@@ -557,6 +557,37 @@ def cloudmap_name_parameters(doc: dict) -> list[str]:
     return findings
 
 
+# Amazon S3 lifecycle rules in a versioned bucket. Expiring a current version adds a delete
+# marker; NoncurrentVersionExpiration deletes the old versions; the marker left alone with no
+# version behind it is removed only by ExpiredObjectDeleteMarker, which "cannot be specified with
+# Days or Date in a Lifecycle Expiration Policy"
+# (https://docs.aws.amazon.com/AmazonS3/latest/API/API_LifecycleExpiration.html), so it needs a
+# rule of its own. Without both, a bucket that expires objects keeps every version or every
+# marker for ever, billed and emptied one by one at teardown.
+
+
+def s3_versioned_lifecycle(doc: dict) -> list[str]:
+    """A versioned bucket whose rules expire current versions also expires noncurrent versions
+    and, in a rule without ExpirationInDays or ExpirationDate, expired delete markers; no rule
+    combines ExpiredObjectDeleteMarker with a day count or date."""
+    findings = []
+    for logical_id, props in resources(doc, "AWS::S3::Bucket"):
+        rules = props.get("LifecycleConfiguration", {}).get("Rules", [])
+        for rule in rules:
+            if rule.get("ExpiredObjectDeleteMarker") and ({"ExpirationInDays", "ExpirationDate"} & set(rule)):
+                findings.append(f"{logical_id}: rule {rule.get('Id')} sets ExpiredObjectDeleteMarker with a day count "
+                                "or date, which S3 refuses")
+        if props.get("VersioningConfiguration", {}).get("Status") != "Enabled":
+            continue
+        if not any({"ExpirationInDays", "ExpirationDate"} & set(r) for r in rules):
+            continue
+        if not any("NoncurrentVersionExpiration" in r or "NoncurrentVersionExpirationInDays" in r for r in rules):
+            findings.append(f"{logical_id}: expires objects but keeps their noncurrent versions for ever")
+        if not any(r.get("ExpiredObjectDeleteMarker") is True and r.get("Status") == "Enabled" for r in rules):
+            findings.append(f"{logical_id}: expires objects but never removes the delete markers it leaves")
+    return findings
+
+
 TEMPLATE_CHECKS: dict[str, Callable[[dict], list[str]]] = {
     f.__name__: f for f in (
         fargate_cpu_memory_pairs,
@@ -567,6 +598,7 @@ TEMPLATE_CHECKS: dict[str, Callable[[dict], list[str]]] = {
         ecs_srv_registries_name_a_port,
         cloudmap_task_role,
         cloudmap_name_parameters,
+        s3_versioned_lifecycle,
     )
 }
 

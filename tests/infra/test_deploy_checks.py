@@ -132,6 +132,12 @@ OLD_DEFECTS = {
         "cloudmap_name_parameters"),
     "namespace name without its 253-character bound": (
         "cluster", lambda d: d["Parameters"]["NamespaceName"].pop("MaxLength"), "cloudmap_name_parameters"),
+    "delete markers in the expiry rule itself": (
+        "hello", lambda d: d["Resources"]["AccessLogsBucket"]["Properties"]["LifecycleConfiguration"]["Rules"][0].update(
+            ExpiredObjectDeleteMarker=True), "s3_versioned_lifecycle"),
+    "no rule for delete markers": (
+        "hello", lambda d: d["Resources"]["AccessLogsBucket"]["Properties"]["LifecycleConfiguration"]["Rules"].pop(),
+        "s3_versioned_lifecycle"),
     "stack name pattern lets an apostrophe through": (
         "hello", lambda d: d["Parameters"]["EnvironmentName"].update(AllowedPattern="^.+$"),
         "ec2_description_substitutions"),

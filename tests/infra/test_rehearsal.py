@@ -104,18 +104,25 @@ def deploy(env: dict, stack: str, *args: str, template: Path = REHEARSAL / "pare
                   "--s3-bucket", ARTIFACTS, "--template", str(template), *args)
 
 
-def push_fake_images(env: dict, stack: str, tag: str) -> None:
-    """What `docker push` would leave in ECR: a manifest under the tag."""
+def push_fake_images(env: dict, stack: str, tag: str, build: int = 0) -> None:
+    """What `docker push` would leave in ECR: a manifest under the tag, with a layer of its own
+    for each service and `build` (moto derives the image digest from the layers' digests)."""
     for service in ("name", "hello"):
+        blob = "sha256:" + f"{service}{build}".encode().hex().ljust(64, "0")
         manifest = {
             "schemaVersion": 2,
             "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 2,
-                       "digest": "sha256:" + service.encode().hex().ljust(64, "0")},
-            "layers": [],
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 2, "digest": blob},
+            "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 2, "digest": blob}],
         }
         aws(env, "ecr", "put-image", "--repository-name", f"{stack}/{service}", "--image-tag", tag,
             "--image-manifest", json.dumps(manifest))
+
+
+def image_tags(env: dict, repository: str) -> dict[str, set[str]]:
+    """digest -> tags of every image in a repository."""
+    return {i["imageDigest"]: set(i.get("imageTags", []))
+            for i in aws(env, "ecr", "describe-images", "--repository-name", repository)["imageDetails"]}
 
 
 def nested_resources(env: dict, stack: str) -> list[tuple[str, str]]:
@@ -188,9 +195,14 @@ def test_deploy_then_teardown(aws_env):
     tag = re.fullmatch(r"infra-deploy: error: name: no image rehearsal/name:(src-[0-9a-f]{16}-x86_64) in ECR, "
                        r"and --skip-push builds none", line)
     assert tag, missing.stderr
+    # The lifecycle policy: the deployed images' prefix first, then the 10 newest of any tag,
+    # which ECR requires to have the highest rulePriority.
     policy = json.loads(aws(aws_env, "ecr", "get-lifecycle-policy", "--repository-name",
                             f"{stack}/hello")["lifecyclePolicyText"])
-    assert policy["rules"][0]["selection"]["countType"] == "imageCountMoreThan"
+    keep, newest = sorted(policy["rules"], key=lambda r: r["rulePriority"])
+    assert keep["selection"]["tagStatus"] == "tagged"
+    assert keep["selection"]["tagPrefixList"] == [f"deployed-{stack}-"]
+    assert newest["selection"] == {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": 10}
 
     push_fake_images(aws_env, stack, tag.group(1))
     done = deploy(aws_env, stack)  # the same inputs give the same tag: both images are found
@@ -216,9 +228,17 @@ def test_deploy_then_teardown(aws_env):
         refused = deploy(aws_env, stack, *args)
         assert refused.returncode == 1, args
         assert refused.stderr.strip().splitlines()[-1].startswith(f"infra-deploy: error: {message}"), refused.stderr
-    # The same value is no change: the deploy goes on (to the missing output moto leaves).
-    same = deploy(aws_env, stack, "NamespaceName=internal", "MinCapacity=10")
-    assert same.stderr.strip().splitlines()[-1].startswith("infra-deploy: error: the stack has no HelloUrl output")
+    # A second deploy of newer images: the deployed tag follows the digest the stack runs. The
+    # same values of fixed parameters are no change, so the deploy goes on.
+    (first,) = [d for d, tags in image_tags(aws_env, f"{stack}/name").items() if tag.group(1) in tags]
+    assert f"deployed-{stack}-{first.removeprefix('sha256:')[:12]}" in image_tags(aws_env, f"{stack}/name")[first]
+    push_fake_images(aws_env, stack, "second-x86_64", build=2)
+    again = deploy(aws_env, stack, "--tag", "second", "NamespaceName=internal", "MinCapacity=10")
+    assert again.stderr.strip().splitlines()[-1].startswith("infra-deploy: error: the stack has no HelloUrl output")
+    tags = image_tags(aws_env, f"{stack}/name")
+    (second,) = [d for d, t in tags.items() if "second-x86_64" in t]
+    assert tags[second] == {"second-x86_64", f"deployed-{stack}-{second.removeprefix('sha256:')[:12]}"}
+    assert tags[first] == {tag.group(1)}  # no longer run: back to the 10-newest rule
 
     (bucket,) = [pid for kind, pid in resources if kind == "AWS::S3::Bucket"]
     (balancer,) = [pid for kind, pid in resources if kind == "AWS::ElasticLoadBalancingV2::LoadBalancer"]
