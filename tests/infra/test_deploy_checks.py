@@ -12,7 +12,7 @@ import deploy_checks
 from conftest import FIXTURES, INFRA, ROOT, TEMPLATE_NAMES, load, template
 
 DEPLOY_FIXTURES = FIXTURES / "deploy"
-CHILDREN = ("vpc", "cluster", "name", "hello")
+CHILDREN = ("vpc", "cluster", "name", "hello", "monitoring")
 
 
 def children() -> dict[str, dict]:
@@ -89,6 +89,19 @@ def _set_task_size(doc):
     return props
 
 
+def _edit_dashboard(old: str, new: str):
+    """A mutation of monitoring.yml's dashboard body (the text Fn::Sub resolves)."""
+    def mutate(doc):
+        props = doc["Resources"]["Dashboard"]["Properties"]
+        assert old in props["DashboardBody"]["Fn::Sub"]
+        props["DashboardBody"]["Fn::Sub"] = props["DashboardBody"]["Fn::Sub"].replace(old, new, 1)
+    return mutate
+
+
+def _alarm(doc, name):
+    return doc["Resources"][name]["Properties"]
+
+
 def _discover_statement(doc):
     return doc["Resources"]["TaskRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][0]
 
@@ -138,6 +151,34 @@ OLD_DEFECTS = {
     "no rule for delete markers": (
         "hello", lambda d: d["Resources"]["AccessLogsBucket"]["Properties"]["LifecycleConfiguration"]["Rules"].pop(),
         "s3_versioned_lifecycle"),
+    "dashboard body that is not JSON": (
+        "monitoring", _edit_dashboard('"start": "-PT3H",', '"start": "-PT3H",,'), "dashboard_metrics"),
+    "dashboard graph of a metric hello does not emit": (
+        "monitoring", _edit_dashboard('"AttemptsLostToHedge"', '"AttemptsLost"'), "dashboard_metrics"),
+    "dashboard graph of a misspelt load balancer metric": (
+        "monitoring", _edit_dashboard('"HTTPCode_Target_5XX_Count"', '"HTTPCode_Target_5xx_Count"'), "dashboard_metrics"),
+    "dashboard graph of the services' metrics without the stack in the namespace": (
+        "monitoring", _edit_dashboard('["${MetricsNamespace}", "Requests", "Service", "name"',
+                                      '["HelloName", "Requests", "Service", "name"'), "dashboard_metrics"),
+    "dashboard shorthand row": (
+        "monitoring", _edit_dashboard('["${MetricsNamespace}", "AttemptsTimeout"', '[".", "AttemptsTimeout"'),
+        "dashboard_metrics"),
+    "dashboard name with a dot": (
+        "monitoring", lambda d: d["Resources"]["Dashboard"]["Properties"].update(
+            DashboardName={"Fn::Sub": "${EnvironmentName}.${AWS::Region}"}), "dashboard_metrics"),
+    "alarm on a metric hello does not emit": (
+        "monitoring", lambda d: _alarm(d, "HelloEjectionsAlarm").update(MetricName="Ejected"), "alarm_metrics"),
+    "alarm on the services' metrics in the bare prefix": (
+        "monitoring", lambda d: _alarm(d, "HelloNoEndpointsAlarm").update(Namespace="HelloName"), "alarm_metrics"),
+    "alarm on a task count in AWS/ECS, which has none": (
+        "monitoring", lambda d: _alarm(d, "NameTasksBelowDesiredAlarm")["Metrics"][1]["MetricStat"]["Metric"].update(
+            Namespace="AWS/ECS"), "alarm_metrics"),
+    "metric math alarm with two queries returning data": (
+        "monitoring", lambda d: _alarm(d, "Target5xxRateAlarm")["Metrics"][1].update(ReturnData=True), "alarm_metrics"),
+    "alarm with both a statistic and a percentile": (
+        "monitoring", lambda d: _alarm(d, "TargetResponseTimeP99Alarm").update(Statistic="Average"), "alarm_metrics"),
+    "alarm with a period of 45 seconds": (
+        "monitoring", lambda d: _alarm(d, "HelloNoEndpointsAlarm").update(Period=45), "alarm_metrics"),
     "stack name pattern lets an apostrophe through": (
         "hello", lambda d: d["Parameters"]["EnvironmentName"].update(AllowedPattern="^.+$"),
         "ec2_description_substitutions"),
