@@ -2,17 +2,21 @@
 AWS API emulator, on 127.0.0.1: the real scripts, the real AWS CLI and SAM CLI, no AWS account.
 
 What moto 5.2.5 covers and this exercises: STS GetCallerIdentity; ECR CreateRepository,
-DescribeRepositories, PutLifecyclePolicy, GetLifecyclePolicy, PutImage (standing in for
-`docker push`), DescribeImages, DeleteRepository; S3 bucket and object calls (SAM's packaging
-of nested templates, a versioned bucket emptied by ListObjectVersions and DeleteObjects);
-CloudFormation CreateChangeSet, ExecuteChangeSet, DescribeStacks, ListStackResources on the
-parent and its nested stacks, DeleteStack and its waiter; ELBv2 ModifyLoadBalancerAttributes.
+DescribeRepositories, PutLifecyclePolicy (it checks the policy's form), GetLifecyclePolicy,
+PutImage (standing in for `docker push`, and adding the deployed tag), BatchGetImage,
+ListImages, BatchDeleteImage, DescribeImages, DeleteRepository; S3 bucket and object calls
+(SAM's packaging of nested templates, a versioned bucket emptied by ListObjectVersions and
+DeleteObjects); CloudFormation CreateChangeSet (executed, and not: REVIEW_IN_PROGRESS),
+ExecuteChangeSet, DescribeStacks, ListStackResources on the parent and its nested stacks,
+DeleteStack and its waiter; ELBv2 ModifyLoadBalancerAttributes.
 
 What it cannot: infra/parent.yml itself (moto does not evaluate Fn::Cidr and cannot read a
 nested stack's outputs with Fn::GetAtt), so the stacks here come from
 tests/infra/fixtures/rehearsal; a create that fails into ROLLBACK_COMPLETE (moto answers 500
 instead); a create from REVIEW_IN_PROGRESS (moto's CREATE change set on such a stack makes a
-second stack of the same name); deletion protection (moto deletes a protected load balancer anyway); SAM's managed
+second stack of the same name); deletion protection (moto deletes a protected load balancer
+anyway); ECR lifecycle evaluation (moto never expires images); the China Regions' domain (moto
+answers amazonaws.com hosts in every Region); SAM's managed
 bucket (`--resolve-s3`: moto's stack lacks the tags SAM checks), hence --s3-bucket; docker
 build and push, hence --skip-push; and the outputs of a stack created through a change set
 (moto's DescribeStacks has none for it), so the deploy here ends at "the stack has no HelloUrl
