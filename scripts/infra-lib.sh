@@ -63,20 +63,23 @@ stack_status() {
     --query 'Stacks[0].StackStatus' --output text 2>/dev/null || true
 }
 
-# load_stack_parameters: reads the parent stack's parameters, in one call, into
-# STACK_PARAMETERS (key -> value); empty when there is no stack.
+# load_stack: reads the parent stack's status and parameters in one call: STACK_STATUS (empty
+# when there is no such stack) and STACK_PARAMETERS (key -> value).
 declare -A STACK_PARAMETERS=()
-load_stack_parameters() {
-  local key value
-  STACK_PARAMETERS=()
-  while IFS=$'\t' read -r key value; do
+STACK_STATUS=""
+load_stack() {
+  local line key value first=1
+  STACK_STATUS="" STACK_PARAMETERS=()
+  while IFS= read -r line; do
+    if ((first)); then STACK_STATUS="$line" first=0; continue; fi
+    IFS=$'\t' read -r key value <<<"$line"
     if [[ -n "$key" && "$key" != None ]]; then STACK_PARAMETERS[$key]="$value"; fi
   done < <(aws cloudformation describe-stacks --region "$REGION" --stack-name "$STACK_NAME" \
-    --query 'Stacks[0].Parameters[].[ParameterKey, ParameterValue]' --output text 2>/dev/null || true)
+    --query 'Stacks[0].[StackStatus, Parameters[].[ParameterKey, ParameterValue]]' --output text 2>/dev/null || true)
 }
 
-# stack_parameter KEY: a parameter value of the parent stack (after load_stack_parameters),
-# empty when missing.
+# stack_parameter KEY: a parameter value of the parent stack (after load_stack), empty when
+# missing.
 stack_parameter() { printf '%s' "${STACK_PARAMETERS[$1]:-}"; }
 
 # stack_resources STACK: "type<TAB>physical id" of every resource of the stack and, through

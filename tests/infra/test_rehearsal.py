@@ -32,6 +32,7 @@ import re
 import socket
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -227,9 +228,11 @@ def test_deploy_then_teardown(aws_env):
     resources = nested_resources(aws_env, stack)
     assert [kind for kind, _ in resources].count("AWS::CloudFormation::Stack") == 2
 
-    # Changes the existing stack cannot take, refused before CloudFormation is asked.
-    for args, message in EXISTING_STACK_REFUSALS:
-        refused = deploy(aws_env, stack, *args)
+    # Changes the existing stack cannot take, refused before CloudFormation is asked (the runs
+    # only read, so they go side by side).
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        runs = list(pool.map(lambda case: deploy(aws_env, stack, *case[0]), EXISTING_STACK_REFUSALS))
+    for (args, message), refused in zip(EXISTING_STACK_REFUSALS, runs):
         assert refused.returncode == 1, args
         assert refused.stderr.strip().splitlines()[-1].startswith(f"infra-deploy: error: {message}"), refused.stderr
     # A second deploy of newer images: the deployed tag follows the digest the stack runs. The
