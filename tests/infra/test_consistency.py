@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+import deploy_checks
 from conftest import TEMPLATE_NAMES, ROOT, rust_sources, source, template
 
 # Route 53 propagates a change "generally within 60 seconds"
@@ -313,3 +314,12 @@ def test_metrics_namespace_is_declared_once_and_reaches_services_and_monitoring(
     # CloudWatch namespaces: at most 255 characters, none under AWS/ (the longest stack name
     # is 31 characters).
     assert len(f"{prefix}/") + 31 <= 255 and not prefix.startswith("AWS/")
+
+
+def test_readme_states_the_dashboard_metric_count_within_the_free_tier():
+    # The free tier's dashboards hold up to 50 metrics each (https://aws.amazon.com/cloudwatch/pricing/).
+    doc = template("monitoring")
+    body = json.loads(deploy_checks.sample_value(doc, doc["Resources"]["Dashboard"]["Properties"]["DashboardBody"]))
+    count = sum(len(w["properties"]["metrics"]) for w in body["widgets"] if w["type"] == "metric")
+    assert count <= 50
+    assert f"graphs {count} metrics" in (ROOT / "infra" / "README.md").read_text(encoding="utf-8")
