@@ -1,6 +1,7 @@
 """The port, the namespace and name's service name are declared once (parent.yml) and agree
 with the services' own defaults; the wiring carries them everywhere else; health checks name
-real subcommands and routes; name's drain time follows the record TTL."""
+real subcommands and routes; name's drain time follows the record TTL; the metrics catalogue is
+the observability contract, and its namespace is declared once and reaches both services."""
 
 from __future__ import annotations
 
