@@ -52,7 +52,6 @@ resolve_aws() {
   [[ -n "$REGION" ]] || die "no AWS region: pass --region, or set AWS_REGION, or run 'aws configure'"
   ACCOUNT="$(aws sts get-caller-identity --query Account --output text 2>/dev/null)" \
     || die "the AWS CLI has no working credentials: run 'aws configure' or 'aws sso login'"
-  REGISTRY="$ACCOUNT.dkr.ecr.$REGION.amazonaws.com"
 }
 
 # repository SERVICE: the ECR repository of a service's image.
@@ -64,12 +63,24 @@ stack_status() {
     --query 'Stacks[0].StackStatus' --output text 2>/dev/null || true
 }
 
-# stack_parameter KEY: a parameter value of the parent stack, empty when missing.
-stack_parameter() {
-  aws cloudformation describe-stacks --region "$REGION" --stack-name "$STACK_NAME" \
-    --query "Stacks[0].Parameters[?ParameterKey=='$1'].ParameterValue" --output text 2>/dev/null \
-    | sed 's/^None$//'
+# load_stack: reads the parent stack's status and parameters in one call: STACK_STATUS (empty
+# when there is no such stack) and STACK_PARAMETERS (key -> value).
+declare -A STACK_PARAMETERS=()
+STACK_STATUS=""
+load_stack() {
+  local line key value first=1
+  STACK_STATUS="" STACK_PARAMETERS=()
+  while IFS= read -r line; do
+    if ((first)); then STACK_STATUS="$line" first=0; continue; fi
+    IFS=$'\t' read -r key value <<<"$line"
+    if [[ -n "$key" && "$key" != None ]]; then STACK_PARAMETERS[$key]="$value"; fi
+  done < <(aws cloudformation describe-stacks --region "$REGION" --stack-name "$STACK_NAME" \
+    --query 'Stacks[0].[StackStatus, Parameters[].[ParameterKey, ParameterValue]]' --output text 2>/dev/null || true)
 }
+
+# stack_parameter KEY: a parameter value of the parent stack (after load_stack), empty when
+# missing.
+stack_parameter() { printf '%s' "${STACK_PARAMETERS[$1]:-}"; }
 
 # stack_resources STACK: "type<TAB>physical id" of every resource of the stack and, through
 # list-stack-resources, of its nested stacks. Works in every stack state, failed creates
@@ -89,6 +100,17 @@ stack_resources() {
 parent_parameters() {
   awk '/^Parameters:/ { p = 1; next } /^[^ #]/ { p = 0 } p && /^  [A-Za-z0-9]+:$/ { sub(/:$/, ""); print $1 }' \
     "$TEMPLATE"
+}
+
+# parent_default KEY: the Default of a parameter of the parent template, quotes removed;
+# empty when it has none.
+parent_default() {
+  awk -v key="$1" '
+    /^Parameters:/ { p = 1; next }
+    /^[^ #]/ { p = 0 }
+    p && /^  [A-Za-z0-9]+:$/ { name = $1; sub(/:$/, "", name); next }
+    p && name == key && /^    Default:/ { sub(/^    Default: */, ""); gsub(/^"|"$/, ""); print; exit }
+  ' "$TEMPLATE"
 }
 
 # stack_output KEY: an output of the parent stack, empty when the stack or output is missing.

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 RULES = INFRA / "rules"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-TEMPLATE_NAMES = ("vpc", "cluster", "name", "hello", "parent")
+TEMPLATE_NAMES = ("vpc", "cluster", "name", "hello", "monitoring", "parent")
 GUARD = Path(os.environ.get("CFN_GUARD", ROOT / ".tools" / "bin" / "cfn-guard"))
 
 

@@ -15,8 +15,10 @@ README and the real templates. tests/infra/test_deploy_checks.py runs them all.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 NO_VALUE = object()  # Ref AWS::NoValue: the property is absent
 
@@ -505,6 +507,313 @@ def _cloudmap_role_findings(where: str, role_id: str, role: dict, variables: dic
     return findings
 
 
+# What Cloud Map accepts as names, from its API model: ServiceName for CreateService
+# (https://docs.aws.amazon.com/cloud-map/latest/api/API_CreateService.html: labels of letters,
+# digits, '-' and '_', neither starting nor ending with '-', 127 characters in all) and
+# NamespaceNamePrivate for CreatePrivateDnsNamespace
+# (https://docs.aws.amazon.com/cloud-map/latest/api/API_CreatePrivateDnsNamespace.html: 1 to 253
+# printable characters, not starting with "arn:"). A name a parameter lets through and the API
+# refuses fails the stack at create time, after the VPC and the cluster exist.
+CLOUDMAP_SERVICE_NAME = re.compile(
+    r"((?=^.{1,127}$)^([a-zA-Z0-9_][a-zA-Z0-9\-_]{0,61}[a-zA-Z0-9_]|[a-zA-Z0-9])"
+    r"(\.([a-zA-Z0-9_][a-zA-Z0-9\-_]{0,61}[a-zA-Z0-9_]|[a-zA-Z0-9]))*$)|(^\.$)")
+CLOUDMAP_PRIVATE_NAMESPACE = re.compile(r"^(?!arn:)[!-~]{1,253}$")
+# Names a parameter might wrongly admit: hyphens at a label's ends, labels over 63 characters,
+# empty labels, names over 127 (a service) and 253 (a namespace) characters.
+CLOUDMAP_NAME_PROBES = [
+    "name", "name-", "-name", "na-me", "a" * 63, "a" * 64, "a.b", "a..b", "a.", "a-.b",
+    ".".join(["a" * 63] * 2), ".".join(["a" * 63] * 3), ".".join(["a" * 63] * 4), "arn:x",
+]
+
+
+def _parameter_admits(param: dict, value: str) -> bool:
+    """Whether CloudFormation accepts `value` for a String parameter (AllowedPattern matches
+    the whole value; MinLength and MaxLength hold; AllowedValues lists it)."""
+    if "AllowedValues" in param and value not in [str(v) for v in param["AllowedValues"]]:
+        return False
+    if "AllowedPattern" in param and not re.fullmatch(param["AllowedPattern"], value):
+        return False
+    return int(param.get("MinLength", 0)) <= len(value) <= int(param.get("MaxLength", 4096))
+
+
+def cloudmap_name_parameters(doc: dict) -> list[str]:
+    """A parameter that names a Cloud Map service or private DNS namespace admits only names
+    the Cloud Map API accepts."""
+    findings = []
+    targets = [(lid, props.get("Name"), CLOUDMAP_SERVICE_NAME, "CreateService")
+               for lid, props in resources(doc, "AWS::ServiceDiscovery::Service")]
+    targets += [(lid, props.get("Name"), CLOUDMAP_PRIVATE_NAMESPACE, "CreatePrivateDnsNamespace")
+                for lid, props in resources(doc, "AWS::ServiceDiscovery::PrivateDnsNamespace")]
+    for logical_id, name, api, action in targets:
+        if not (isinstance(name, dict) and list(name) == ["Ref"]):
+            if isinstance(name, str) and not api.search(name):
+                findings.append(f"{logical_id}: {action} refuses the name {name!r}")
+            continue
+        param = doc.get("Parameters", {}).get(name["Ref"])
+        if param is None:
+            continue  # a pseudo parameter or a resource: nothing to probe
+        for probe in CLOUDMAP_NAME_PROBES:
+            if _parameter_admits(param, probe) and not api.search(probe):
+                shown = probe if len(probe) < 20 else f"{probe[:8]}... ({len(probe)} characters)"
+                findings.append(f"{logical_id}: parameter {name['Ref']} admits {shown!r}, which {action} refuses")
+    return findings
+
+
+# Amazon S3 lifecycle rules in a versioned bucket. Expiring a current version adds a delete
+# marker; NoncurrentVersionExpiration deletes the old versions; the marker left alone with no
+# version behind it is removed only by ExpiredObjectDeleteMarker, which "cannot be specified with
+# Days or Date in a Lifecycle Expiration Policy"
+# (https://docs.aws.amazon.com/AmazonS3/latest/API/API_LifecycleExpiration.html), so it needs a
+# rule of its own. Without both, a bucket that expires objects keeps every version or every
+# marker for ever, billed and emptied one by one at teardown.
+
+
+def s3_versioned_lifecycle(doc: dict) -> list[str]:
+    """A versioned bucket whose rules expire current versions also expires noncurrent versions
+    and, in a rule without ExpirationInDays or ExpirationDate, expired delete markers; no rule
+    combines ExpiredObjectDeleteMarker with a day count or date."""
+    findings = []
+    for logical_id, props in resources(doc, "AWS::S3::Bucket"):
+        rules = props.get("LifecycleConfiguration", {}).get("Rules", [])
+        for rule in rules:
+            if rule.get("ExpiredObjectDeleteMarker") and ({"ExpirationInDays", "ExpirationDate"} & set(rule)):
+                findings.append(f"{logical_id}: rule {rule.get('Id')} sets ExpiredObjectDeleteMarker with a day count "
+                                "or date, which S3 refuses")
+        if props.get("VersioningConfiguration", {}).get("Status") != "Enabled":
+            continue
+        if not any({"ExpirationInDays", "ExpirationDate"} & set(r) for r in rules):
+            continue
+        if not any("NoncurrentVersionExpiration" in r or "NoncurrentVersionExpirationInDays" in r for r in rules):
+            findings.append(f"{logical_id}: expires objects but keeps their noncurrent versions for ever")
+        if not any(r.get("ExpiredObjectDeleteMarker") is True and r.get("Status") == "Enabled" for r in rules):
+            findings.append(f"{logical_id}: expires objects but never removes the delete markers it leaves")
+    return findings
+
+
+# --- CloudWatch: the dashboard and the alarms name only metrics that exist ------------------
+
+# The services' own metrics: infra/emf-metrics.json, the catalogue the services' tests hold
+# their EMF lines to (namespace_prefix/<stack>, one dimension set [["Service"]]).
+EMF_CATALOGUE = Path(__file__).resolve().parents[2] / "infra" / "emf-metrics.json"
+
+
+def emf_catalogue() -> dict:
+    return json.loads(EMF_CATALOGUE.read_text(encoding="utf-8"))
+
+
+# Metrics AWS publishes, with the dimension sets each namespace takes:
+# AWS/ApplicationELB (https://docs.aws.amazon.com/elasticloadbalancing/latest/application/load-balancer-cloudwatch-metrics.html),
+# AWS/ECS (https://docs.aws.amazon.com/AmazonECS/latest/developerguide/available-metrics.html),
+# ECS/ContainerInsights (https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/Container-Insights-metrics-ECS.html).
+# A name or dimension outside these is a graph or alarm that never has data.
+AWS_METRICS: dict[str, tuple[set[str], list[set[str]]]] = {
+    "AWS/ApplicationELB": (
+        {"RequestCount", "HTTPCode_Target_2XX_Count", "HTTPCode_Target_3XX_Count", "HTTPCode_Target_4XX_Count",
+         "HTTPCode_Target_5XX_Count", "HTTPCode_ELB_3XX_Count", "HTTPCode_ELB_4XX_Count", "HTTPCode_ELB_5XX_Count",
+         "HTTPCode_ELB_502_Count", "HTTPCode_ELB_503_Count", "HTTPCode_ELB_504_Count", "TargetResponseTime",
+         "HealthyHostCount", "UnHealthyHostCount", "ActiveConnectionCount", "NewConnectionCount",
+         "RejectedConnectionCount", "TargetConnectionErrorCount", "ProcessedBytes", "ConsumedLCUs"},
+        [{"LoadBalancer"}, {"LoadBalancer", "AvailabilityZone"}, {"LoadBalancer", "TargetGroup"},
+         {"LoadBalancer", "TargetGroup", "AvailabilityZone"}, {"TargetGroup"}]),
+    "AWS/ECS": (
+        {"CPUUtilization", "MemoryUtilization", "CPUReservation", "MemoryReservation"},
+        [{"ClusterName"}, {"ClusterName", "ServiceName"}]),
+    "ECS/ContainerInsights": (
+        {"RunningTaskCount", "DesiredTaskCount", "PendingTaskCount", "DeploymentCount", "TaskSetCount",
+         "TaskCount", "ServiceCount", "ContainerInstanceCount", "CpuUtilized", "CpuReserved", "MemoryUtilized",
+         "MemoryReserved", "NetworkRxBytes", "NetworkTxBytes", "StorageReadBytes", "StorageWriteBytes",
+         "EphemeralStorageUtilized", "EphemeralStorageReserved"},
+        [{"ClusterName"}, {"ClusterName", "ServiceName"}, {"ClusterName", "TaskDefinitionFamily"}]),
+}
+# Target-group metrics that the load balancer alone does not have.
+ALB_PER_TARGET_GROUP = {"HealthyHostCount", "UnHealthyHostCount"}
+# Statistics (https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/Statistics-definitions.html).
+STATISTIC = re.compile(r"^(SampleCount|Average|Sum|Minimum|Maximum|p\d{1,2}(\.\d{1,2})?|p100)$")
+
+# Sample values to resolve Fn::Sub with offline: pseudo parameters, and parameters without a
+# Default that a nested stack receives from the others.
+SAMPLE_VALUES = {
+    "AWS::Region": "us-east-1", "AWS::StackName": "hello-name", "AWS::AccountId": "123456789012",
+    "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com",
+    "EnvironmentName": "hello-name", "MetricsNamespace": "HelloName/hello-name", "ClusterName": "hello-name",
+    "NameServiceName": "hello-name-NameStack-Service-1A2B3C", "HelloServiceName": "hello-name-HelloStack-Service-4D5E6F",
+    "LoadBalancerFullName": "app/hello-name-alb/50dc6c495c0c9188",
+    "TargetGroupFullName": "targetgroup/hello-name-hello/73e2d6bc24d8a067",
+}
+
+
+def sample_value(doc: dict, node) -> str:
+    """A node's value with Refs and Fn::Sub resolved from SAMPLE_VALUES or the parameters'
+    Defaults; raises Unknown for anything else."""
+    if isinstance(node, (str, int, float)):
+        return str(node)
+    if isinstance(node, dict) and list(node) == ["Ref"]:
+        return _sample_name(doc, node["Ref"])
+    if isinstance(node, dict) and list(node) == ["Fn::Sub"]:
+        arg = node["Fn::Sub"]
+        text, local = (arg, {}) if isinstance(arg, str) else (arg[0], arg[1])
+
+        def fill(match):
+            name = match.group(1)
+            return sample_value(doc, local[name]) if name in local else _sample_name(doc, name)
+
+        filled = re.sub(r"\$\{([^}!][^}]*)\}", fill, text)
+        return filled.replace("${!", "${")
+    raise Unknown(f"cannot resolve {node!r} offline")
+
+
+def _sample_name(doc: dict, name: str) -> str:
+    if name in SAMPLE_VALUES:
+        return SAMPLE_VALUES[name]
+    default = doc.get("Parameters", {}).get(name, {}).get("Default")
+    if default not in (None, ""):
+        return str(default)
+    raise Unknown(f"${{{name}}} has no sample value")
+
+
+def _metric_findings(where: str, namespace: str, metric: str, dimensions: dict, unit=None) -> list[str]:
+    """What is wrong with naming this metric: an unknown namespace, metric or dimension set."""
+    catalogue = emf_catalogue()
+    if namespace.startswith(catalogue["namespace_prefix"] + "/"):
+        if set(dimensions) != set(catalogue["dimensions"][0]):
+            return [f"{where}: {metric} has dimensions {sorted(dimensions)}; the services emit {catalogue['dimensions']}"]
+        service = dimensions["Service"]
+        units = {m["name"]: m["unit"] for m in catalogue["services"].get(service, [])}
+        if metric not in units:
+            return [f"{where}: {service} emits no metric {metric} (infra/emf-metrics.json)"]
+        if unit is not None and unit != units[metric]:
+            return [f"{where}: {metric} is in {units[metric]}, not {unit}"]
+        return []
+    if namespace not in AWS_METRICS:
+        return [f"{where}: namespace {namespace!r} is neither {catalogue['namespace_prefix']}/<stack> nor one "
+                f"of {sorted(AWS_METRICS)}"]
+    metrics, dimension_sets = AWS_METRICS[namespace]
+    if metric not in metrics:
+        return [f"{where}: {namespace} has no metric {metric}"]
+    if set(dimensions) not in dimension_sets or (metric in ALB_PER_TARGET_GROUP and "TargetGroup" not in dimensions):
+        return [f"{where}: {namespace} {metric} has no dimension set {sorted(dimensions)}"]
+    return []
+
+
+def _dashboard_row_findings(where: str, row) -> list[str]:
+    if not isinstance(row, list) or not row:
+        return [f"{where}: a metric row is a non-empty list"]
+    if isinstance(row[0], dict):
+        return [] if "expression" in row[0] else [f"{where}: a row that starts with an object is an expression"]
+    options = row[-1] if isinstance(row[-1], dict) else {}
+    names = row[:-1] if options else row
+    if any(n in (".", "...") for n in names):
+        return [f"{where}: shorthand rows ('.', '...') cannot be checked; write the row out"]
+    if len(names) < 2 or len(names) % 2 or not all(isinstance(n, str) for n in names):
+        return [f"{where}: {row!r} is not [namespace, metric, dimension, value, ...]"]
+    findings = _metric_findings(where, names[0], names[1], dict(zip(names[2::2], names[3::2])))
+    if "stat" in options and not STATISTIC.match(options["stat"]):
+        findings.append(f"{where}: {options['stat']!r} is not a statistic")
+    return findings
+
+
+# Dashboard names: A-Z, a-z, 0-9, "-" and "_", at most 255 characters
+# (https://docs.aws.amazon.com/AmazonCloudWatch/latest/APIReference/API_PutDashboard.html).
+DASHBOARD_NAME = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+
+
+def dashboard_metrics(doc: dict) -> list[str]:
+    """Every dashboard's name is one PutDashboard accepts (what Fn::Sub puts in included), and
+    its body, with Fn::Sub resolved from sample values, is JSON whose metric widgets name only
+    the services' catalogued metrics (infra/emf-metrics.json, under its namespace prefix) or
+    metrics AWS publishes in AWS/ApplicationELB, AWS/ECS and ECS/ContainerInsights."""
+    findings = []
+    for logical_id, props in resources(doc, "AWS::CloudWatch::Dashboard"):
+        name = props.get("DashboardName")
+        try:
+            if name is not None and not DASHBOARD_NAME.match(sample_value(doc, name)):
+                findings.append(f"{logical_id}: dashboard name {sample_value(doc, name)!r} has characters PutDashboard refuses")
+            for param in sorted(_refs(name or "")):
+                pattern = doc["Parameters"][param].get("AllowedPattern")
+                if "AllowedValues" not in doc["Parameters"][param] and (
+                        pattern is None or any(re.fullmatch(pattern, "a" + c) for c in PROBE_CHARACTERS + "./ ")):
+                    findings.append(f"{logical_id}: parameter {param} in the dashboard name admits characters PutDashboard refuses")
+            body = json.loads(sample_value(doc, props.get("DashboardBody")))
+        except Unknown as e:
+            findings.append(f"{logical_id}: the body cannot be resolved offline: {e}")
+            continue
+        except json.JSONDecodeError as e:
+            findings.append(f"{logical_id}: the body is not JSON once resolved: {e}")
+            continue
+        for i, widget in enumerate(body.get("widgets", [])):
+            if widget.get("type") != "metric":
+                continue
+            title = widget.get("properties", {}).get("title", "")
+            for j, row in enumerate(widget.get("properties", {}).get("metrics", [])):
+                findings += _dashboard_row_findings(f"{logical_id} widget {i} ({title}) row {j}", row)
+            stat = widget.get("properties", {}).get("stat")
+            if stat is not None and not STATISTIC.match(stat):
+                findings.append(f"{logical_id} widget {i}: {stat!r} is not a statistic")
+    return findings
+
+
+# PutMetricAlarm (https://docs.aws.amazon.com/AmazonCloudWatch/latest/APIReference/API_PutMetricAlarm.html):
+# a metric math alarm's queries have ids starting with a lower-case letter (MetricDataQuery),
+# exactly one of them returns data, and an expression refers to ids of the same alarm;
+# standard periods are 10, 30 or a multiple of 60 seconds.
+METRIC_ID = re.compile(r"^[a-z][A-Za-z0-9_]*$")
+
+
+def _alarm_metric_findings(where: str, doc: dict, metric: dict, unit=None) -> list[str]:
+    try:
+        namespace = sample_value(doc, metric.get("Namespace"))
+        dimensions = {d["Name"]: sample_value(doc, d["Value"]) for d in metric.get("Dimensions", [])}
+    except Unknown as e:
+        return [f"{where}: cannot be resolved offline: {e}"]
+    return _metric_findings(where, namespace, metric.get("MetricName", ""), dimensions, unit)
+
+
+def _period_findings(where: str, period) -> list[str]:
+    if not isinstance(period, int) or not (period in (10, 30) or (period > 0 and period % 60 == 0)):
+        return [f"{where}: period {period!r} is not 10, 30 or a multiple of 60"]
+    return []
+
+
+def alarm_metrics(doc: dict) -> list[str]:
+    """Every alarm names only catalogued or AWS-published metrics (as dashboard_metrics), with
+    one statistic and a standard period; a metric math alarm has valid, unique ids, exactly one
+    query returning data, and expressions that refer only to its own ids."""
+    findings = []
+    for logical_id, props in resources(doc, "AWS::CloudWatch::Alarm"):
+        if "Metrics" not in props:
+            findings += _alarm_metric_findings(logical_id, doc, props, props.get("Unit"))
+            if ("Statistic" in props) == ("ExtendedStatistic" in props):
+                findings.append(f"{logical_id}: give Statistic or ExtendedStatistic, one of them")
+            for stat in (props.get("Statistic"), props.get("ExtendedStatistic")):
+                if stat is not None and not STATISTIC.match(stat):
+                    findings.append(f"{logical_id}: {stat!r} is not a statistic")
+            findings += _period_findings(logical_id, props.get("Period"))
+            continue
+        queries = props["Metrics"]
+        ids = [q.get("Id") for q in queries]
+        if len(set(ids)) != len(ids) or not all(isinstance(i, str) and METRIC_ID.match(i) for i in ids):
+            findings.append(f"{logical_id}: query ids {ids} are not unique ids starting with a lower-case letter")
+        if sum(1 for q in queries if q.get("ReturnData", True) is not False) != 1:
+            findings.append(f"{logical_id}: exactly one query must return data (ReturnData)")
+        for q in queries:
+            where = f"{logical_id}/{q.get('Id')}"
+            if "Expression" in q:
+                unknown = set(re.findall(r"\b[a-z][A-Za-z0-9_]*\b", q["Expression"])) - set(ids)
+                if unknown:
+                    findings.append(f"{where}: the expression refers to {sorted(unknown)}, not ids of this alarm")
+            elif "MetricStat" in q:
+                stat = q["MetricStat"]
+                findings += _alarm_metric_findings(where, doc, stat.get("Metric", {}), stat.get("Unit"))
+                if not STATISTIC.match(str(stat.get("Stat"))):
+                    findings.append(f"{where}: {stat.get('Stat')!r} is not a statistic")
+                findings += _period_findings(where, stat.get("Period"))
+            else:
+                findings.append(f"{where}: a query has an Expression or a MetricStat")
+        if props.get("DatapointsToAlarm", 0) > props.get("EvaluationPeriods", 0):
+            findings.append(f"{logical_id}: DatapointsToAlarm exceeds EvaluationPeriods")
+    return findings
+
+
 TEMPLATE_CHECKS: dict[str, Callable[[dict], list[str]]] = {
     f.__name__: f for f in (
         fargate_cpu_memory_pairs,
@@ -514,8 +823,54 @@ TEMPLATE_CHECKS: dict[str, Callable[[dict], list[str]]] = {
         ec2_description_substitutions,
         ecs_srv_registries_name_a_port,
         cloudmap_task_role,
+        cloudmap_name_parameters,
+        s3_versioned_lifecycle,
+        dashboard_metrics,
+        alarm_metrics,
     )
 }
+
+
+# --- text checks: what a template or script writes, comments aside -------------------------
+
+# Service hosts and principals end in the partition's domain: amazonaws.com, and
+# amazonaws.com.cn in the China Regions, whose endpoints are <service>.<region>.amazonaws.com.cn
+# (https://docs.amazonaws.cn/en_us/general/latest/gr/endpoints-arns.html). The templates build
+# them from AWS::URLSuffix (and ARNs from AWS::Partition); the scripts take the registry host
+# from ECR's own answer (repositoryUri). A literal is right only where the documentation writes
+# one name for every partition; each such name is listed here with its source, and the line
+# that writes it must say so in a trailing comment.
+LITERAL_HOSTS = {
+    # ECS tasks' trust principal, as the ECS guide for the China Regions writes it.
+    "ecs-tasks.amazonaws.com": "https://docs.amazonaws.cn/AmazonECS/latest/userguide/task_IAM_role.html",
+    # The ELB log-delivery principal, for the Regions outside hello.yml's ElbLogDelivery
+    # mapping; every China and GovCloud Region is in the mapping, so it never meets another domain.
+    "logdelivery.elasticloadbalancing.amazonaws.com":
+        "https://docs.aws.amazon.com/elasticloadbalancing/latest/application/enable-access-logging.html",
+}
+_HOST = re.compile(r"[A-Za-z0-9${}:._-]*amazonaws\.com(?:\.cn)?")
+_COMMENT = re.compile(r"(?:^|\s)#")
+
+
+def partition_dns_suffix(text: str) -> list[str]:
+    """No template or script writes the domain amazonaws.com (or amazonaws.com.cn) outside a
+    comment, except the hosts of LITERAL_HOSTS on a line with a trailing comment saying why."""
+    findings = []
+    for number, line in enumerate(text.splitlines(), 1):
+        comment = _COMMENT.search(line)
+        starts = comment.start() if comment else len(line)
+        for match in _HOST.finditer(line):
+            if match.start() >= starts:
+                continue  # prose in a comment
+            host = match.group(0)
+            if host not in LITERAL_HOSTS:
+                findings.append(f"line {number}: {host} writes the partition's domain; use AWS::URLSuffix")
+            elif comment is None:
+                findings.append(f"line {number}: {host} is right in every partition, but the line does not say so")
+    return findings
+
+
+TEXT_CHECKS: dict[str, Callable[[str], list[str]]] = {f.__name__: f for f in (partition_dns_suffix,)}
 
 
 # --- documentation checks -------------------------------------------------------------------

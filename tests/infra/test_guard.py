@@ -88,6 +88,9 @@ BROKEN_REAL_TEMPLATES = {
     "apostrophe in a substituted group description": (
         "name", lambda d: d["Resources"]["SecurityGroup"]["Properties"].update(
             GroupDescription={"Fn::Sub": "${EnvironmentName} name's tasks"}), "ec2_descriptions_charset"),
+    "alarm that leaves missing data to the default": (
+        "monitoring", lambda d: d["Resources"]["Target5xxRateAlarm"]["Properties"].pop("TreatMissingData"),
+        "cloudwatch_alarms_treat_missing_data"),
     "non-ASCII group description": (
         "hello", lambda d: d["Resources"]["LoadBalancerSecurityGroup"]["Properties"].update(
             GroupDescription="Load balancer \u2013 HTTP"), "ec2_descriptions_charset"),
