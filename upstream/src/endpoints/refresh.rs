@@ -1,8 +1,9 @@
 //! The background refresher: asks a discovery source ([`Lookup`]: DNS or Cloud Map's API) off
-//! the request path, applies each answer to the
-//! endpoint set, and schedules the next lookup at the answer's TTL clamped to the configured
-//! bounds. A failed lookup keeps the last good endpoints (serve-stale, RFC 8767) and retries
-//! with a backoff; a negative answer (NXDOMAIN, no records) is an answer and empties the set.
+//! the request path, applies each answer to the endpoint set, and schedules the next lookup
+//! at the answer's TTL clamped to the configured bounds. A negative answer (NXDOMAIN, no
+//! records, no instances) is an answer and empties the set. A failed lookup, or a broken
+//! answer (records for other names, a CNAME loop, instances without an address), keeps the
+//! last good endpoints (serve-stale, RFC 8767) and is retried with a backoff.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -30,6 +31,9 @@ enum LookupResult {
     Negative,
     /// No answer: timeout, SERVFAIL, refused, network.
     Failed,
+    /// An answer that cannot be right: records for other names or types only, a CNAME loop,
+    /// a reply to another question, instances without a usable address.
+    Broken,
 }
 
 impl EncodeLabelValue for LookupResult {
@@ -38,6 +42,7 @@ impl EncodeLabelValue for LookupResult {
             Self::Ok => "ok",
             Self::Negative => "negative",
             Self::Failed => "failed",
+            Self::Broken => "broken",
         };
         EncodeLabelValue::encode(&label, encoder)
     }
@@ -51,7 +56,7 @@ struct ResultLabels {
 /// `dns_refreshes{result}`: the refresher's lookups, by result; each label resolved once.
 #[derive(Debug, Clone)]
 pub struct RefreshMetrics {
-    results: [Counter; 3],
+    results: [Counter; 4],
 }
 
 impl RefreshMetrics {
@@ -67,6 +72,7 @@ impl RefreshMetrics {
             LookupResult::Ok,
             LookupResult::Negative,
             LookupResult::Failed,
+            LookupResult::Broken,
         ]
         .map(|result| family.get_or_create(&ResultLabels { result }).clone());
         Self { results }
@@ -105,7 +111,7 @@ impl<L: Lookup> Refresher<L> {
                     self.apply(&answer.addrs, &answer.zones, Discovery::Resolved);
                     self.bounds.clamp(answer.ttl)
                 }
-                Err(err @ (LookupError::Negative { .. } | LookupError::Unregistered { .. })) => {
+                Err(err) if err.is_answer() => {
                     failures = 0;
                     self.metrics.count(LookupResult::Negative);
                     let ttl = match &err {
@@ -119,14 +125,9 @@ impl<L: Lookup> Refresher<L> {
                     );
                     self.bounds.clamp(ttl)
                 }
-                Err(err @ LookupError::Failed { .. }) => {
+                Err(err) => {
                     failures += 1;
-                    self.metrics.count(LookupResult::Failed);
-                    let kept = self.set.snapshot().endpoints.len();
-                    tracing::warn!(error = %err, kept, failures, "DNS refresh failed; keeping the last answer");
-                    self.set
-                        .set_discovery(Discovery::Failing { reason: err.into() });
-                    self.bounds.backoff(failures)
+                    self.failed(err, failures)
                 }
             };
             let next = asked + delay;
@@ -147,6 +148,22 @@ impl<L: Lookup> Refresher<L> {
                 } => tracing::debug!("refreshing early: a request found no instance answering"),
             }
         }
+    }
+
+    /// Records the `failures`-th failed lookup in a row (no answer, or a broken one), keeps
+    /// the endpoints, and says when to ask again: after a backoff from the floor that doubles
+    /// with each failure.
+    fn failed(&self, err: LookupError, failures: u32) -> Duration {
+        let result = match err {
+            LookupError::Broken { .. } => LookupResult::Broken,
+            _ => LookupResult::Failed,
+        };
+        self.metrics.count(result);
+        let kept = self.set.snapshot().endpoints.len();
+        tracing::warn!(error = %err, kept, failures, "lookup failed; keeping the last answer");
+        self.set
+            .set_discovery(Discovery::Failing { reason: err.into() });
+        self.bounds.backoff(failures)
     }
 
     fn apply(
@@ -188,10 +205,12 @@ mod tests {
         use crate::endpoints::EndpointState;
         use crate::lookup::{Answer, RecordKind};
 
-        /// Answers from a script, then the last one forever; counts the lookups.
+        /// Answers from a script, then the last one forever; counts the lookups and keeps
+        /// when each was made.
         struct Script {
             answers: Mutex<VecDeque<Result<Answer, LookupError>>>,
             calls: Arc<AtomicUsize>,
+            asked: Arc<Mutex<Vec<Instant>>>,
         }
 
         impl Lookup for Script {
@@ -201,6 +220,7 @@ mod tests {
 
             async fn lookup(&self) -> Result<Answer, LookupError> {
                 self.calls.fetch_add(1, Ordering::SeqCst);
+                self.asked.lock().unwrap().push(Instant::now());
                 let mut answers = self.answers.lock().unwrap();
                 if answers.len() > 1 {
                     answers.pop_front().unwrap()
@@ -228,6 +248,13 @@ mod tests {
             })
         }
 
+        fn broken() -> Result<Answer, LookupError> {
+            Err(LookupError::Broken {
+                name: "name.internal".into(),
+                reason: "CNAME loop: name.internal. -> b.internal. -> name.internal.".into(),
+            })
+        }
+
         fn nxdomain() -> Result<Answer, LookupError> {
             Err(LookupError::Negative {
                 name: "name.internal".into(),
@@ -239,6 +266,8 @@ mod tests {
 
         struct Running {
             calls: Arc<AtomicUsize>,
+            asked: Arc<Mutex<Vec<Instant>>>,
+            registry: Registry,
             endpoints: Arc<EndpointSet>,
             stop: CancellationToken,
             task: tokio::task::JoinHandle<()>,
@@ -246,20 +275,25 @@ mod tests {
 
         fn start(script: Vec<Result<Answer, LookupError>>) -> Running {
             let calls = Arc::new(AtomicUsize::new(0));
+            let asked = Arc::new(Mutex::new(Vec::new()));
             let set = Arc::new(EndpointSet::for_tests());
             let stop = CancellationToken::new();
+            let mut registry = Registry::default();
             let refresher = Refresher {
                 lookup: Script {
                     answers: Mutex::new(script.into()),
                     calls: Arc::clone(&calls),
+                    asked: Arc::clone(&asked),
                 },
                 set: Arc::clone(&set),
                 bounds: BOUNDS,
-                metrics: RefreshMetrics::register(&mut Registry::default()),
+                metrics: RefreshMetrics::register(&mut registry),
             };
             let task = tokio::spawn(refresher.run(stop.clone()));
             Running {
                 calls,
+                asked,
+                registry,
                 endpoints: set,
                 stop,
                 task,
@@ -269,6 +303,21 @@ mod tests {
         impl Running {
             fn calls(&self) -> usize {
                 self.calls.load(Ordering::SeqCst)
+            }
+
+            /// The time between each lookup and the next, from the `from`-th lookup on.
+            fn gaps(&self, from: usize) -> Vec<Duration> {
+                let asked = self.asked.lock().unwrap();
+                asked[from..]
+                    .windows(2)
+                    .map(|pair| pair[1] - pair[0])
+                    .collect()
+            }
+
+            fn metrics(&self) -> String {
+                let mut text = String::new();
+                prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+                text
             }
         }
 
@@ -308,6 +357,34 @@ mod tests {
                 report
                     .iter()
                     .all(|endpoint| endpoint.state == EndpointState::Stale)
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_broken_answer_keeps_the_last_answer_and_backs_off() {
+            let running = start(vec![answer(1, &[1, 2]), broken()]);
+            // The answer at t = 0; broken answers at 1, 2, 4 and 8.
+            run_for(8_500).await;
+            assert_eq!(
+                running.gaps(1),
+                [
+                    Duration::from_secs(1),
+                    Duration::from_secs(2),
+                    Duration::from_secs(4)
+                ]
+            );
+            let snapshot = running.endpoints.snapshot();
+            assert_eq!(snapshot.endpoints.len(), 2);
+            let Discovery::Failing { reason } = &snapshot.discovery else {
+                panic!("{:?}", snapshot.discovery);
+            };
+            assert!(reason.0.to_string().contains("CNAME loop"), "{reason:?}");
+            assert!(
+                running
+                    .metrics()
+                    .contains(r#"dns_refreshes_total{result="broken"} 4"#),
+                "{}",
+                running.metrics()
             );
         }
 
