@@ -19,9 +19,10 @@
 //! instances), as NXDOMAIN is; throttling, 5xx, timeouts and credential errors fail the
 //! lookup, and the refresher keeps the last set. So does a list of instances none of which
 //! can be called (no valid `AWS_INSTANCE_IPV4`, an `AWS_INSTANCE_PORT` that is not a port):
-//! a broken registration, not a statement that there are no instances. Each call waits a
-//! random part of the current interval first, so that many callers started together (a
-//! deployment) or failing together (throttling) spread out.
+//! a broken registration, not a statement that there are no instances. Once a full answer
+//! has come, each call waits a random part of the current interval first, so that many
+//! callers polling together (a deployment) or failing together (throttling) spread out;
+//! before one has come there is nothing to serve, and the refresher spreads the retries.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -237,9 +238,10 @@ impl CloudMap {
                 .poll_interval
                 .saturating_mul(1 << state.failures.min(5));
             let jitter = match state.last {
-                // The first lookup waits for nothing: hello is not ready before it.
-                None if state.failures == 0 => Duration::ZERO,
-                _ => interval.mul_f64(rand::rng().random_range(0.0..0.2)),
+                // No full answer yet, or none since the service had no instances: nothing is
+                // served until one comes, so no waiting.
+                None => Duration::ZERO,
+                Some(_) => interval.mul_f64(rand::rng().random_range(0.0..0.2)),
             };
             let last = state.last.clone();
             (jitter, state.revision, last)

@@ -3,7 +3,9 @@
 //! at the answer's TTL clamped to the configured bounds. A negative answer (NXDOMAIN, no
 //! records, no instances) is an answer and empties the set. A failed lookup, or a broken
 //! answer (records for other names, a CNAME loop, instances without an address), keeps the
-//! last good endpoints (serve-stale, RFC 8767) and is retried with a backoff.
+//! last good endpoints (serve-stale, RFC 8767) and is retried with a backoff while they are
+//! served; with nothing to serve, it is retried at the floor, so that the service is back
+//! as soon as its source is.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -11,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rand::RngExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -83,6 +86,9 @@ impl RefreshMetrics {
     }
 }
 
+/// The largest share of the floor added to a retry when there is nothing to serve.
+const FLOOR_JITTER: f64 = 0.2;
+
 /// The refresher's inputs.
 pub struct Refresher<L> {
     /// What to look up.
@@ -151,8 +157,11 @@ impl<L: Lookup> Refresher<L> {
     }
 
     /// Records the `failures`-th failed lookup in a row (no answer, or a broken one), keeps
-    /// the endpoints, and says when to ask again: after a backoff from the floor that doubles
-    /// with each failure.
+    /// the endpoints, and says when to ask again. While there are endpoints to serve, stale,
+    /// after a backoff from the floor that doubles with each failure. With none, nothing can
+    /// be served until an answer comes, and a backoff would only delay it: at the floor, plus
+    /// up to a fifth of it so that callers started together do not ask together. A service
+    /// with nothing to serve is ready within that, and one lookup, of its source coming back.
     fn failed(&self, err: LookupError, failures: u32) -> Duration {
         let result = match err {
             LookupError::Broken { .. } => LookupResult::Broken,
@@ -160,10 +169,20 @@ impl<L: Lookup> Refresher<L> {
         };
         self.metrics.count(result);
         let kept = self.set.snapshot().endpoints.len();
-        tracing::warn!(error = %err, kept, failures, "lookup failed; keeping the last answer");
+        let delay = if kept == 0 {
+            let floor = self.bounds.min;
+            floor + floor.mul_f64(rand::rng().random_range(0.0..FLOOR_JITTER))
+        } else {
+            self.bounds.backoff(failures)
+        };
+        if kept == 0 {
+            tracing::warn!(error = %err, failures, retry_in = ?delay, "lookup failed; no endpoints to serve");
+        } else {
+            tracing::warn!(error = %err, kept, failures, retry_in = ?delay, "lookup failed; serving the last answer");
+        }
         self.set
             .set_discovery(Discovery::Failing { reason: err.into() });
-        self.bounds.backoff(failures)
+        delay
     }
 
     fn apply(
@@ -321,6 +340,13 @@ mod tests {
             }
         }
 
+        /// True when every gap is the floor plus at most a fifth of it.
+        fn at_the_floor(gaps: &[Duration]) -> bool {
+            let floor = BOUNDS.min;
+            gaps.iter()
+                .all(|gap| *gap >= floor && *gap <= floor.mul_f64(1.0 + FLOOR_JITTER))
+        }
+
         /// Lets the paused clock run `millis` forward, the refresher working meanwhile.
         async fn run_for(millis: u64) {
             tokio::time::sleep(Duration::from_millis(millis)).await;
@@ -386,6 +412,34 @@ mod tests {
                 "{}",
                 running.metrics()
             );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn with_nothing_to_serve_failures_are_retried_at_the_floor() {
+            let running = start(vec![failure(), broken()]);
+            run_for(20_000).await;
+            let gaps = running.gaps(0);
+            assert!(gaps.len() >= 16, "{gaps:?}");
+            assert!(
+                at_the_floor(&gaps),
+                "no backoff, a fifth of jitter at most: {gaps:?}"
+            );
+            assert!(gaps.iter().any(|gap| *gap != gaps[0]), "jittered: {gaps:?}");
+            assert!(matches!(
+                running.endpoints.snapshot().discovery,
+                Discovery::Failing { .. }
+            ));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn once_emptied_failures_are_retried_at_the_floor() {
+            let running = start(vec![answer(1, &[1, 2]), nxdomain(), failure()]);
+            run_for(12_000).await;
+            assert!(running.endpoints.snapshot().endpoints.is_empty());
+            // Lookups: the answer at 0, NXDOMAIN at 1, failures from 6 (its 5 s TTL) on.
+            let gaps = running.gaps(2);
+            assert!(gaps.len() >= 4, "{gaps:?}");
+            assert!(at_the_floor(&gaps), "{gaps:?}");
         }
 
         #[tokio::test(start_paused = true)]
