@@ -133,7 +133,7 @@ impl<L: Lookup> Refresher<L> {
                 }
                 Err(err) => {
                     failures += 1;
-                    self.failed(err, failures)
+                    self.failed(err, failures, asked)
                 }
             };
             let next = asked + delay;
@@ -162,7 +162,8 @@ impl<L: Lookup> Refresher<L> {
     /// be served until an answer comes, and a backoff would only delay it: at the floor, plus
     /// up to a fifth of it so that callers started together do not ask together. A service
     /// with nothing to serve is ready within that, and one lookup, of its source coming back.
-    fn failed(&self, err: LookupError, failures: u32) -> Duration {
+    /// The delay counts from `asked`, when the failed lookup began.
+    fn failed(&self, err: LookupError, failures: u32, asked: Instant) -> Duration {
         let result = match err {
             LookupError::Broken { .. } => LookupResult::Broken,
             _ => LookupResult::Failed,
@@ -175,10 +176,11 @@ impl<L: Lookup> Refresher<L> {
         } else {
             self.bounds.backoff(failures)
         };
+        let retry_in = (asked + delay).saturating_duration_since(Instant::now());
         if kept == 0 {
-            tracing::warn!(error = %err, failures, retry_in = ?delay, "lookup failed; no endpoints to serve");
+            tracing::warn!(error = %err, failures, ?retry_in, "lookup failed; no endpoints to serve");
         } else {
-            tracing::warn!(error = %err, kept, failures, retry_in = ?delay, "lookup failed; serving the last answer");
+            tracing::warn!(error = %err, kept, failures, ?retry_in, "lookup failed; serving the last answer");
         }
         self.set
             .set_discovery(Discovery::Failing { reason: err.into() });
