@@ -15,10 +15,14 @@
 //! configuration is asynchronous), the last revision seen and the `cloudmap_calls` counters.
 //! It does not schedule (the refresher does) and keeps no endpoint state.
 //!
-//! Errors: `NamespaceNotFound` and `ServiceNotFound` are answers (no instances), as NXDOMAIN
-//! is; throttling, 5xx, timeouts and credential errors fail the lookup, and the refresher
-//! keeps the last set. Each call waits a random part of the current interval first, so that
-//! many callers started together (a deployment) or failing together (throttling) spread out.
+//! Errors: `NamespaceNotFound`, `ServiceNotFound` and a list of no instances are answers (no
+//! instances), as NXDOMAIN is; throttling, 5xx, timeouts and credential errors fail the
+//! lookup, and the refresher keeps the last set. So does a list of instances none of which
+//! can be called (no valid `AWS_INSTANCE_IPV4`, an `AWS_INSTANCE_PORT` that is not a port):
+//! a broken registration, not a statement that there are no instances. Once a full answer
+//! has come, each call waits a random part of the current interval first, so that many
+//! callers polling together (a deployment) or failing together (throttling) spread out;
+//! before one has come there is nothing to serve, and the refresher spreads the retries.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -234,9 +238,10 @@ impl CloudMap {
                 .poll_interval
                 .saturating_mul(1 << state.failures.min(5));
             let jitter = match state.last {
-                // The first lookup waits for nothing: hello is not ready before it.
-                None if state.failures == 0 => Duration::ZERO,
-                _ => interval.mul_f64(rand::rng().random_range(0.0..0.2)),
+                // No full answer yet, or none since the service had no instances: nothing is
+                // served until one comes, so no waiting.
+                None => Duration::ZERO,
+                Some(_) => interval.mul_f64(rand::rng().random_range(0.0..0.2)),
             };
             let last = state.last.clone();
             (jitter, state.revision, last)
@@ -303,50 +308,83 @@ impl CloudMap {
         let result = request.send().await;
         self.count(Call::Instances, &result);
         let output = result.map_err(|err| self.error(Call::Instances, &err))?;
-        let answer = self.answer(output.instances());
-        if answer.addrs.is_empty() {
+        let instances = output.instances();
+        if instances.is_empty() {
             return Err(LookupError::Unregistered {
                 name: self.name.clone(),
+                reason: "DiscoverInstances listed no instances".into(),
+            });
+        }
+        let (answer, unusable) = self.answer(instances);
+        if answer.addrs.is_empty() {
+            return Err(LookupError::Broken {
+                name: self.name.clone(),
                 reason: format!(
-                    "no instance with an {ATTRIBUTE_IPV4} attribute ({} listed)",
-                    output.instances().len()
+                    "DiscoverInstances listed {} instances, none with a usable address: {}",
+                    instances.len(),
+                    unusable.join("; ")
                 ),
             });
+        }
+        if !unusable.is_empty() {
+            tracing::debug!(skipped = ?unusable, "instances without a usable address; skipped");
         }
         Ok(answer)
     }
 
-    /// The endpoints of `instances`: each instance's IPv4 address and port (its own, or the
-    /// target's), and its zone when it has one. Instances without an address are skipped.
-    fn answer(&self, instances: &[HttpInstanceSummary]) -> Answer {
+    /// The endpoints of `instances`, each instance's IPv4 address and port (its own, or the
+    /// target's), and its zone when it has one; and why each instance left out cannot be
+    /// called, for the first few.
+    fn answer(&self, instances: &[HttpInstanceSummary]) -> (Answer, Vec<String>) {
+        const REASONS: usize = 3;
         let mut addrs = BTreeSet::new();
         let mut zones = HashMap::new();
+        let mut unusable = Vec::new();
         for instance in instances {
             let attribute = |key: &str| {
                 instance
                     .attributes()
                     .and_then(|attributes| attributes.get(key))
             };
-            let Some(ip) = attribute(ATTRIBUTE_IPV4).and_then(|ip| ip.parse::<Ipv4Addr>().ok())
-            else {
-                tracing::debug!(instance = ?instance.instance_id(), "instance without an IPv4 address; skipped");
-                continue;
+            let addr = match self.endpoint(attribute(ATTRIBUTE_IPV4), attribute(ATTRIBUTE_PORT)) {
+                Ok(addr) => addr,
+                Err(reason) => {
+                    if unusable.len() < REASONS {
+                        let id = instance.instance_id().unwrap_or("an instance");
+                        unusable.push(format!("{}: {reason}", shown(id)));
+                    }
+                    continue;
+                }
             };
-            let port = attribute(ATTRIBUTE_PORT)
-                .and_then(|port| port.parse::<u16>().ok())
-                .filter(|port| *port != 0)
-                .unwrap_or(self.port);
-            let addr = SocketAddr::new(IpAddr::V4(ip), port);
             addrs.insert(addr);
             if let Some(zone) = attribute(ATTRIBUTE_ZONE) {
                 zones.insert(addr, Arc::from(zone.as_str()));
             }
         }
-        Answer {
+        let answer = Answer {
             addrs,
             ttl: self.options.poll_interval,
             zones,
-        }
+        };
+        (answer, unusable)
+    }
+
+    /// The address to call an instance on, from its attributes; without a port attribute,
+    /// the target's port.
+    fn endpoint(&self, ip: Option<&String>, port: Option<&String>) -> Result<SocketAddr, String> {
+        let ip = ip.ok_or_else(|| format!("no {ATTRIBUTE_IPV4}"))?;
+        let ip: Ipv4Addr = ip
+            .parse()
+            .map_err(|_| format!("{ATTRIBUTE_IPV4} {:?} is not an IPv4 address", shown(ip)))?;
+        let port = match port {
+            None => self.port,
+            Some(port) => port
+                .parse::<u16>()
+                .ok()
+                .filter(|port| *port != 0)
+                .ok_or_else(|| format!("{ATTRIBUTE_PORT} {:?} is not a port", shown(port)))?,
+        };
+        Ok(SocketAddr::new(IpAddr::V4(ip), port))
     }
 
     fn count<T, E: ProvideErrorMetadata>(&self, call: Call, result: &Result<T, SdkError<E>>) {
@@ -402,16 +440,24 @@ impl Lookup for CloudMap {
         let result = self.discover().await;
         let mut state = self.state();
         match &result {
-            Err(LookupError::Failed { .. }) => state.failures = state.failures.saturating_add(1),
-            Err(_) => {
+            Err(err) if err.is_answer() => {
                 // Gone: a service created again starts afresh, and its revision numbers may
                 // repeat the old ones.
                 *state = State::default();
             }
+            Err(_) => state.failures = state.failures.saturating_add(1),
             Ok(_) => state.failures = 0,
         }
         result
     }
+}
+
+/// `text` cut to a length fit for a log line: attribute values run to 1,024 characters.
+fn shown(text: &str) -> &str {
+    const SHOWN: usize = 64;
+    text.char_indices()
+        .nth(SHOWN)
+        .map_or(text, |(end, _)| &text[..end])
 }
 
 /// The one HTTPS client of the SDK: hyper 1 and rustls with ring, roots from the system's

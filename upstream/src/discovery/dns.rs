@@ -2,35 +2,65 @@
 //! the TTL it may be kept for, from A records or SRV records (Cloud Map's
 //! `1 1 <port> <instance-id>.<service>.<namespace>`). No state and no schedule here; the
 //! refresher decides when to ask.
+//!
+//! Queries go through hickory's name-server pool (server selection, UDP retransmits, TCP
+//! when truncated), and each response is read by [`super::response`], which tells an answer
+//! from a broken one: hickory's resolver above the pool would report records for other
+//! names, records of other types and CNAME loops as "no records" (see that module).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
-use hickory_resolver::net::NetError;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{RData, Record};
+use hickory_resolver::net::xfer::{DnsHandle, FirstAnswer};
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::{DnsRequestOptions, Query};
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
 use tokio::task::JoinSet;
 
+use super::response::{self, Chain, Reading};
 use crate::lookup::{Answer, Lookup, LookupError, RecordKind};
 
 /// Looks up one service name.
 #[derive(Clone)]
 pub struct Dns {
-    resolver: TokioResolver,
+    pool: NameServerPool<TokioRuntimeProvider>,
+    request: DnsRequestOptions,
     name: String,
+    fqdn: Name,
     record: RecordKind,
     port: u16,
-    /// Bound on a whole lookup, SRV targets included.
+    /// Bound on a whole lookup, CNAMEs and SRV targets included.
     timeout: Duration,
 }
 
+/// Records found for a name, or why there are none.
+type Resolved = Result<Found, Unresolved>;
+
+/// Records of the type asked for a name, at the end of its CNAME chain.
+struct Found {
+    records: Vec<Record>,
+    glue: Vec<Record>,
+    ttl: Duration,
+}
+
+/// Why a name has no records, before it is worded for the service.
+enum Unresolved {
+    Negative {
+        nxdomain: bool,
+        ttl: Option<Duration>,
+    },
+    Broken(String),
+    Failed(String),
+}
+
 impl Dns {
-    /// A resolver for `name` (fully qualified) that asks `server`, or the servers of
+    /// A source for `name` (fully qualified) that asks `server`, or the servers of
     /// `/etc/resolv.conf` when `None`. `port` is used for A records.
     pub fn new(
         name: &str,
@@ -39,38 +69,31 @@ impl Dns {
         server: Option<SocketAddr>,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let mut builder = match server {
-            Some(server) => {
-                let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
-                    .into_iter()
-                    .map(|mut connection| {
-                        connection.port = server.port();
-                        connection
-                    })
-                    .collect();
-                let name_server = NameServerConfig::new(server.ip(), true, connections);
-                TokioResolver::builder_with_config(
-                    ResolverConfig::from_name_servers(vec![name_server]),
-                    TokioRuntimeProvider::default(),
-                )
-            }
-            None => TokioResolver::builder_tokio().context("cannot read /etc/resolv.conf")?,
+        let mut fqdn =
+            Name::from_ascii(name).with_context(|| format!("{name} is not a DNS name"))?;
+        fqdn.set_fqdn(true);
+        let (config, mut options) = match server {
+            Some(server) => (one_server(server), ResolverOpts::default()),
+            None => hickory_resolver::system_conf::read_system_conf()
+                .context("cannot read /etc/resolv.conf")?,
         };
-        let opts = builder.options_mut();
-        opts.timeout = timeout;
-        // No retries inside hickory (`attempts` counts retries): a failed refresh keeps the
-        // last answer and is retried by the refresher on its own schedule.
-        opts.attempts = 0;
-        // The refresher is the cache. hickory's cache would answer from memory for as long as
-        // the record's TTL (600 s from Docker's DNS) and hide every change the refresher asks
-        // about; a capacity of 0 turns it off.
-        opts.cache_size = 0;
-        // DNS is the source of truth for the instances, not /etc/hosts.
-        opts.use_hosts_file = ResolveHosts::Never;
-        let resolver = builder.build().context("cannot build the DNS resolver")?;
+        // The pool sends each query once, retransmitting over UDP within this bound, and
+        // keeps no cache (the refresher is the cache) and no hosts file (DNS is the source
+        // of truth for the instances): those live in the resolver above it.
+        options.timeout = timeout;
+        let request = request_options(&options);
+        let tls = TlsConfig::new().context("cannot set up the DNS client")?;
+        let context = Arc::new(PoolContext::new(options, tls));
+        let pool = NameServerPool::from_config(
+            config.name_servers,
+            context,
+            TokioRuntimeProvider::default(),
+        );
         Ok(Self {
-            resolver,
+            pool,
+            request,
             name: name.to_owned(),
+            fqdn,
             record,
             port,
             timeout,
@@ -101,103 +124,153 @@ impl Dns {
     }
 
     async fn lookup_a(&self) -> Result<Answer, LookupError> {
-        let lookup = self
-            .resolver
-            .ipv4_lookup(self.name.as_str())
+        let found = self
+            .resolve(self.fqdn.clone(), RecordType::A)
             .await
-            .map_err(|err| self.error(err))?;
-        let (ips, ttl) = addresses(lookup.answers());
-        let addrs = ips
-            .into_iter()
+            .map_err(|unresolved| self.error(unresolved, None))?;
+        let addrs = addresses(&found.records)
             .map(|ip| SocketAddr::new(ip, self.port))
             .collect();
-        self.answer(addrs, ttl)
+        Ok(Answer {
+            addrs,
+            ttl: found.ttl,
+            zones: HashMap::new(),
+        })
     }
 
     /// Cloud Map SRV records read `1 1 <port> <instance-id>.<service>.<namespace>`; each
     /// target is resolved to its address, from the additional section when the server sent
     /// it, or else by A lookups made concurrently. Priority and weight are ignored: Cloud Map
-    /// sets both to 1.
+    /// sets both to 1. A target `.` means no service there (RFC 2782); a record with port 0
+    /// cannot be called.
     async fn lookup_srv(&self) -> Result<Answer, LookupError> {
-        let lookup = self
-            .resolver
-            .srv_lookup(self.name.as_str())
+        let found = self
+            .resolve(self.fqdn.clone(), RecordType::SRV)
             .await
-            .map_err(|err| self.error(err))?;
-        let mut ttl = min_ttl(lookup.answers());
+            .map_err(|unresolved| self.error(unresolved, None))?;
+        let srvs: Vec<_> = found
+            .records
+            .iter()
+            .filter_map(|record| match &record.data {
+                RData::SRV(srv) if !srv.target.is_root() => Some(srv),
+                _ => None,
+            })
+            .collect();
+        let usable: Vec<_> = srvs.iter().filter(|srv| srv.port != 0).collect();
+        if usable.is_empty() {
+            let unresolved = if srvs.is_empty() {
+                Unresolved::Negative {
+                    nxdomain: false,
+                    ttl: Some(found.ttl),
+                }
+            } else {
+                Unresolved::Broken("SRV records with port 0 only".into())
+            };
+            return Err(self.error(unresolved, None));
+        }
+        let mut ttl = found.ttl;
         let mut addrs = BTreeSet::new();
         let mut targets = JoinSet::new();
-        for record in lookup.answers() {
-            let RData::SRV(srv) = &record.data else {
-                continue;
-            };
-            let (ips, glue_ttl) = addresses(
-                lookup
-                    .additionals()
-                    .iter()
-                    .filter(|glue| glue.name == srv.target),
-            );
-            if ips.is_empty() {
-                let resolver = self.resolver.clone();
+        for srv in usable {
+            let glue: Vec<&Record> = found
+                .glue
+                .iter()
+                .filter(|glue| glue.name == srv.target)
+                .collect();
+            if glue.is_empty() {
+                let dns = self.clone();
                 let (port, target) = (srv.port, srv.target.clone());
-                targets.spawn(async move { (port, resolver.ipv4_lookup(target).await) });
+                targets.spawn(async move {
+                    let resolved = dns.resolve(target.clone(), RecordType::A).await;
+                    (port, target, resolved)
+                });
             } else {
-                ttl = min_option(ttl, glue_ttl);
-                addrs.extend(ips.into_iter().map(|ip| SocketAddr::new(ip, srv.port)));
+                ttl = glue
+                    .iter()
+                    .map(|glue| record_ttl(glue))
+                    .fold(ttl, Duration::min);
+                addrs.extend(addresses(glue).map(|ip| SocketAddr::new(ip, srv.port)));
             }
         }
         while let Some(joined) = targets.join_next().await {
-            let (port, result) = joined.map_err(|err| LookupError::Failed {
+            let (port, target, resolved) = joined.map_err(|err| LookupError::Failed {
                 name: self.display_name(),
                 reason: format!("target lookup stopped: {err}"),
             })?;
-            let (ips, target_ttl) = match result {
-                Ok(target) => addresses(target.answers()),
+            let found = match resolved {
+                Ok(found) => found,
                 // The instance left between the two lookups: it is not an instance now.
-                Err(err) if err.is_no_records_found() => continue,
-                Err(err) => return Err(self.error(err)),
+                Err(Unresolved::Negative { .. }) => continue,
+                Err(unresolved) => return Err(self.error(unresolved, Some(&target))),
             };
-            ttl = min_option(ttl, target_ttl);
-            addrs.extend(ips.into_iter().map(|ip| SocketAddr::new(ip, port)));
+            ttl = ttl.min(found.ttl);
+            addrs.extend(addresses(&found.records).map(|ip| SocketAddr::new(ip, port)));
         }
-        self.answer(addrs, ttl)
-    }
-
-    fn answer(
-        &self,
-        addrs: BTreeSet<SocketAddr>,
-        ttl: Option<Duration>,
-    ) -> Result<Answer, LookupError> {
         if addrs.is_empty() {
-            return Err(LookupError::Negative {
-                name: self.display_name(),
-                record: self.record,
+            // Every target is gone: no instances.
+            let unresolved = Unresolved::Negative {
                 nxdomain: false,
-                ttl,
-            });
+                ttl: Some(ttl),
+            };
+            return Err(self.error(unresolved, None));
         }
         Ok(Answer {
             addrs,
-            ttl: ttl.unwrap_or_default(),
+            ttl,
             zones: HashMap::new(),
         })
     }
 
-    fn error(&self, err: NetError) -> LookupError {
-        match &err {
-            NetError::Dns(hickory_resolver::net::DnsError::NoRecordsFound(no_records)) => {
-                LookupError::Negative {
-                    name: self.display_name(),
-                    record: self.record,
-                    nxdomain: no_records.response_code == ResponseCode::NXDomain,
-                    ttl: no_records
-                        .negative_ttl
-                        .map(|ttl| Duration::from_secs(ttl.into())),
+    /// The `record_type` records of `name`, following CNAMEs across responses.
+    async fn resolve(&self, name: Name, record_type: RecordType) -> Resolved {
+        let mut chain = Chain::new(name);
+        loop {
+            let query = Query::query(chain.end().clone(), record_type);
+            let reply = self
+                .pool
+                .lookup(query.clone(), self.request)
+                .first_answer()
+                .await;
+            let reading = match reply {
+                Ok(response) => response::read(&query, &response, &mut chain),
+                Err(NetError::Dns(DnsError::NoRecordsFound(no_records))) => {
+                    response::read_no_records(&query, &no_records)
                 }
+                Err(err) => return Err(Unresolved::Failed(err.to_string())),
+            };
+            match reading {
+                Reading::Records { records, glue, ttl } => return Ok(Found { records, glue, ttl }),
+                // `read` moved the chain's end on, and a chain has a bound: the loop ends.
+                Reading::Follow => {}
+                Reading::Negative { nxdomain, ttl } => {
+                    return Err(Unresolved::Negative { nxdomain, ttl });
+                }
+                Reading::Broken(reason) => return Err(Unresolved::Broken(reason)),
             }
-            _ => LookupError::Failed {
-                name: self.display_name(),
-                reason: err.to_string(),
+        }
+    }
+
+    /// The lookup's error for `unresolved`, about the SRV `target` when there is one.
+    fn error(&self, unresolved: Unresolved, target: Option<&Name>) -> LookupError {
+        let about = |reason: String| match target {
+            Some(target) => format!("SRV target {target}: {reason}"),
+            None => reason,
+        };
+        let name = self.display_name();
+        match unresolved {
+            Unresolved::Negative { nxdomain, ttl } => LookupError::Negative {
+                name,
+                record: self.record,
+                nxdomain,
+                ttl,
+            },
+            Unresolved::Broken(reason) => LookupError::Broken {
+                name,
+                reason: about(reason),
+            },
+            Unresolved::Failed(reason) => LookupError::Failed {
+                name,
+                reason: about(reason),
             },
         }
     }
@@ -217,29 +290,38 @@ impl Lookup for Dns {
     }
 }
 
-/// The IPv4 addresses among `records`, and their smallest TTL.
-fn addresses<'a>(records: impl IntoIterator<Item = &'a Record>) -> (Vec<IpAddr>, Option<Duration>) {
-    let mut ips = Vec::new();
-    let mut ttl = None;
-    for record in records {
-        if let RData::A(a) = &record.data {
-            ips.push(IpAddr::V4(a.0));
-            ttl = min_option(ttl, Some(Duration::from_secs(record.ttl.into())));
-        }
-    }
-    (ips, ttl)
+/// The configuration of one server, over UDP and over TCP on its port.
+fn one_server(server: SocketAddr) -> ResolverConfig {
+    let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
+        .into_iter()
+        .map(|mut connection| {
+            connection.port = server.port();
+            connection
+        })
+        .collect();
+    let name_server = NameServerConfig::new(server.ip(), true, connections);
+    ResolverConfig::from_name_servers(vec![name_server])
 }
 
-fn min_ttl(records: &[Record]) -> Option<Duration> {
-    records
-        .iter()
-        .map(|record| Duration::from_secs(record.ttl.into()))
-        .min()
+/// The request options hickory's resolver derives from its options
+/// (`Resolver::request_options`, `resolver.rs` line 350).
+fn request_options(options: &ResolverOpts) -> DnsRequestOptions {
+    let mut request = DnsRequestOptions::default();
+    request.recursion_desired = options.recursion_desired;
+    request.use_edns = options.edns0;
+    request.edns_payload_len = options.edns_payload_len;
+    request.case_randomization = options.case_randomization;
+    request
 }
 
-fn min_option(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+/// The IPv4 addresses of `records`.
+fn addresses<'a>(records: impl IntoIterator<Item = &'a Record>) -> impl Iterator<Item = IpAddr> {
+    records.into_iter().filter_map(|record| match &record.data {
+        RData::A(a) => Some(IpAddr::V4(a.0)),
+        _ => None,
+    })
+}
+
+fn record_ttl(record: &Record) -> Duration {
+    Duration::from_secs(record.ttl.into())
 }

@@ -135,6 +135,19 @@ mod tests {
         }
     }
 
+    /// Gives its results in order.
+    struct Scripted(Mutex<Vec<Result<Answer, LookupError>>>);
+
+    impl Lookup for Scripted {
+        fn name(&self) -> &str {
+            "name.internal."
+        }
+
+        async fn lookup(&self) -> Result<Answer, LookupError> {
+            self.0.lock().unwrap().remove(0)
+        }
+    }
+
     fn membership() -> Membership<Never> {
         Membership::new(Never, Duration::from_secs(60), Arc::new(|_| false))
     }
@@ -194,5 +207,42 @@ mod tests {
             merged = membership.merge(answer([n]), now);
         }
         assert_eq!(merged.addrs.len(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_answer_keeps_the_members_and_a_negative_one_resets_them() {
+        let broken = LookupError::Broken {
+            name: "name.internal".into(),
+            reason: "no A record for name.internal. in an answer of 1 record".into(),
+        };
+        let nxdomain = LookupError::Negative {
+            name: "name.internal".into(),
+            record: crate::lookup::RecordKind::A,
+            nxdomain: true,
+            ttl: None,
+        };
+        let script = vec![
+            Ok(answer(1..=8)),
+            Ok(answer(5..=12)),
+            Err(broken),
+            Ok(answer(1..=8)),
+            Err(nxdomain),
+            Ok(answer(1..=8)),
+        ];
+        let membership = Membership::new(
+            Scripted(Mutex::new(script)),
+            Duration::from_secs(60),
+            Arc::new(|_| false),
+        );
+        let mut sizes = Vec::new();
+        for _ in 0..6 {
+            sizes.push(membership.lookup().await.map(|answer| answer.addrs.len()));
+        }
+        let sizes: Vec<Option<usize>> = sizes.into_iter().map(Result::ok).collect();
+        assert_eq!(
+            sizes,
+            [Some(8), Some(12), None, Some(12), None, Some(8)],
+            "after the broken answer the rotation goes on; after NXDOMAIN it starts afresh"
+        );
     }
 }

@@ -1,8 +1,11 @@
 //! The background refresher: asks a discovery source ([`Lookup`]: DNS or Cloud Map's API) off
-//! the request path, applies each answer to the
-//! endpoint set, and schedules the next lookup at the answer's TTL clamped to the configured
-//! bounds. A failed lookup keeps the last good endpoints (serve-stale, RFC 8767) and retries
-//! with a backoff; a negative answer (NXDOMAIN, no records) is an answer and empties the set.
+//! the request path, applies each answer to the endpoint set, and schedules the next lookup
+//! at the answer's TTL clamped to the configured bounds. A negative answer (NXDOMAIN, no
+//! records, no instances) is an answer and empties the set. A failed lookup, or a broken
+//! answer (records for other names, a CNAME loop, instances without an address), keeps the
+//! last good endpoints (serve-stale, RFC 8767) and is retried with a backoff while they are
+//! served; with nothing to serve, it is retried at the floor, so that the service is back
+//! as soon as its source is.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -10,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rand::RngExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +34,9 @@ enum LookupResult {
     Negative,
     /// No answer: timeout, SERVFAIL, refused, network.
     Failed,
+    /// An answer that cannot be right: records for other names or types only, a CNAME loop,
+    /// a reply to another question, instances without a usable address.
+    Broken,
 }
 
 impl EncodeLabelValue for LookupResult {
@@ -38,6 +45,7 @@ impl EncodeLabelValue for LookupResult {
             Self::Ok => "ok",
             Self::Negative => "negative",
             Self::Failed => "failed",
+            Self::Broken => "broken",
         };
         EncodeLabelValue::encode(&label, encoder)
     }
@@ -51,7 +59,7 @@ struct ResultLabels {
 /// `dns_refreshes{result}`: the refresher's lookups, by result; each label resolved once.
 #[derive(Debug, Clone)]
 pub struct RefreshMetrics {
-    results: [Counter; 3],
+    results: [Counter; 4],
 }
 
 impl RefreshMetrics {
@@ -67,6 +75,7 @@ impl RefreshMetrics {
             LookupResult::Ok,
             LookupResult::Negative,
             LookupResult::Failed,
+            LookupResult::Broken,
         ]
         .map(|result| family.get_or_create(&ResultLabels { result }).clone());
         Self { results }
@@ -76,6 +85,9 @@ impl RefreshMetrics {
         self.results[result as usize].inc();
     }
 }
+
+/// The largest share of the floor added to a retry when there is nothing to serve.
+const FLOOR_JITTER: f64 = 0.2;
 
 /// The refresher's inputs.
 pub struct Refresher<L> {
@@ -105,7 +117,7 @@ impl<L: Lookup> Refresher<L> {
                     self.apply(&answer.addrs, &answer.zones, Discovery::Resolved);
                     self.bounds.clamp(answer.ttl)
                 }
-                Err(err @ (LookupError::Negative { .. } | LookupError::Unregistered { .. })) => {
+                Err(err) if err.is_answer() => {
                     failures = 0;
                     self.metrics.count(LookupResult::Negative);
                     let ttl = match &err {
@@ -119,14 +131,9 @@ impl<L: Lookup> Refresher<L> {
                     );
                     self.bounds.clamp(ttl)
                 }
-                Err(err @ LookupError::Failed { .. }) => {
+                Err(err) => {
                     failures += 1;
-                    self.metrics.count(LookupResult::Failed);
-                    let kept = self.set.snapshot().endpoints.len();
-                    tracing::warn!(error = %err, kept, failures, "DNS refresh failed; keeping the last answer");
-                    self.set
-                        .set_discovery(Discovery::Failing { reason: err.into() });
-                    self.bounds.backoff(failures)
+                    self.failed(err, failures, asked)
                 }
             };
             let next = asked + delay;
@@ -147,6 +154,37 @@ impl<L: Lookup> Refresher<L> {
                 } => tracing::debug!("refreshing early: a request found no instance answering"),
             }
         }
+    }
+
+    /// Records the `failures`-th failed lookup in a row (no answer, or a broken one), keeps
+    /// the endpoints, and says when to ask again. While there are endpoints to serve, stale,
+    /// after a backoff from the floor that doubles with each failure. With none, nothing can
+    /// be served until an answer comes, and a backoff would only delay it: at the floor, plus
+    /// up to a fifth of it so that callers started together do not ask together. A service
+    /// with nothing to serve is ready within that, and one lookup, of its source coming back.
+    /// The delay counts from `asked`, when the failed lookup began.
+    fn failed(&self, err: LookupError, failures: u32, asked: Instant) -> Duration {
+        let result = match err {
+            LookupError::Broken { .. } => LookupResult::Broken,
+            _ => LookupResult::Failed,
+        };
+        self.metrics.count(result);
+        let kept = self.set.snapshot().endpoints.len();
+        let delay = if kept == 0 {
+            let floor = self.bounds.min;
+            floor + floor.mul_f64(rand::rng().random_range(0.0..FLOOR_JITTER))
+        } else {
+            self.bounds.backoff(failures)
+        };
+        let retry_in = (asked + delay).saturating_duration_since(Instant::now());
+        if kept == 0 {
+            tracing::warn!(error = %err, failures, ?retry_in, "lookup failed; no endpoints to serve");
+        } else {
+            tracing::warn!(error = %err, kept, failures, ?retry_in, "lookup failed; serving the last answer");
+        }
+        self.set
+            .set_discovery(Discovery::Failing { reason: err.into() });
+        delay
     }
 
     fn apply(
@@ -188,10 +226,12 @@ mod tests {
         use crate::endpoints::EndpointState;
         use crate::lookup::{Answer, RecordKind};
 
-        /// Answers from a script, then the last one forever; counts the lookups.
+        /// Answers from a script, then the last one forever; counts the lookups and keeps
+        /// when each was made.
         struct Script {
             answers: Mutex<VecDeque<Result<Answer, LookupError>>>,
             calls: Arc<AtomicUsize>,
+            asked: Arc<Mutex<Vec<Instant>>>,
         }
 
         impl Lookup for Script {
@@ -201,6 +241,7 @@ mod tests {
 
             async fn lookup(&self) -> Result<Answer, LookupError> {
                 self.calls.fetch_add(1, Ordering::SeqCst);
+                self.asked.lock().unwrap().push(Instant::now());
                 let mut answers = self.answers.lock().unwrap();
                 if answers.len() > 1 {
                     answers.pop_front().unwrap()
@@ -228,6 +269,13 @@ mod tests {
             })
         }
 
+        fn broken() -> Result<Answer, LookupError> {
+            Err(LookupError::Broken {
+                name: "name.internal".into(),
+                reason: "CNAME loop: name.internal. -> b.internal. -> name.internal.".into(),
+            })
+        }
+
         fn nxdomain() -> Result<Answer, LookupError> {
             Err(LookupError::Negative {
                 name: "name.internal".into(),
@@ -239,6 +287,8 @@ mod tests {
 
         struct Running {
             calls: Arc<AtomicUsize>,
+            asked: Arc<Mutex<Vec<Instant>>>,
+            registry: Registry,
             endpoints: Arc<EndpointSet>,
             stop: CancellationToken,
             task: tokio::task::JoinHandle<()>,
@@ -246,20 +296,25 @@ mod tests {
 
         fn start(script: Vec<Result<Answer, LookupError>>) -> Running {
             let calls = Arc::new(AtomicUsize::new(0));
+            let asked = Arc::new(Mutex::new(Vec::new()));
             let set = Arc::new(EndpointSet::for_tests());
             let stop = CancellationToken::new();
+            let mut registry = Registry::default();
             let refresher = Refresher {
                 lookup: Script {
                     answers: Mutex::new(script.into()),
                     calls: Arc::clone(&calls),
+                    asked: Arc::clone(&asked),
                 },
                 set: Arc::clone(&set),
                 bounds: BOUNDS,
-                metrics: RefreshMetrics::register(&mut Registry::default()),
+                metrics: RefreshMetrics::register(&mut registry),
             };
             let task = tokio::spawn(refresher.run(stop.clone()));
             Running {
                 calls,
+                asked,
+                registry,
                 endpoints: set,
                 stop,
                 task,
@@ -270,6 +325,28 @@ mod tests {
             fn calls(&self) -> usize {
                 self.calls.load(Ordering::SeqCst)
             }
+
+            /// The time between each lookup and the next, from the `from`-th lookup on.
+            fn gaps(&self, from: usize) -> Vec<Duration> {
+                let asked = self.asked.lock().unwrap();
+                asked[from..]
+                    .windows(2)
+                    .map(|pair| pair[1] - pair[0])
+                    .collect()
+            }
+
+            fn metrics(&self) -> String {
+                let mut text = String::new();
+                prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+                text
+            }
+        }
+
+        /// True when every gap is the floor plus at most a fifth of it.
+        fn at_the_floor(gaps: &[Duration]) -> bool {
+            let floor = BOUNDS.min;
+            gaps.iter()
+                .all(|gap| *gap >= floor && *gap <= floor.mul_f64(1.0 + FLOOR_JITTER))
         }
 
         /// Lets the paused clock run `millis` forward, the refresher working meanwhile.
@@ -309,6 +386,62 @@ mod tests {
                     .iter()
                     .all(|endpoint| endpoint.state == EndpointState::Stale)
             );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_broken_answer_keeps_the_last_answer_and_backs_off() {
+            let running = start(vec![answer(1, &[1, 2]), broken()]);
+            // The answer at t = 0; broken answers at 1, 2, 4 and 8.
+            run_for(8_500).await;
+            assert_eq!(
+                running.gaps(1),
+                [
+                    Duration::from_secs(1),
+                    Duration::from_secs(2),
+                    Duration::from_secs(4)
+                ]
+            );
+            let snapshot = running.endpoints.snapshot();
+            assert_eq!(snapshot.endpoints.len(), 2);
+            let Discovery::Failing { reason } = &snapshot.discovery else {
+                panic!("{:?}", snapshot.discovery);
+            };
+            assert!(reason.0.to_string().contains("CNAME loop"), "{reason:?}");
+            assert!(
+                running
+                    .metrics()
+                    .contains(r#"dns_refreshes_total{result="broken"} 4"#),
+                "{}",
+                running.metrics()
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn with_nothing_to_serve_failures_are_retried_at_the_floor() {
+            let running = start(vec![failure(), broken()]);
+            run_for(20_000).await;
+            let gaps = running.gaps(0);
+            assert!(gaps.len() >= 16, "{gaps:?}");
+            assert!(
+                at_the_floor(&gaps),
+                "no backoff, a fifth of jitter at most: {gaps:?}"
+            );
+            assert!(gaps.iter().any(|gap| *gap != gaps[0]), "jittered: {gaps:?}");
+            assert!(matches!(
+                running.endpoints.snapshot().discovery,
+                Discovery::Failing { .. }
+            ));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn once_emptied_failures_are_retried_at_the_floor() {
+            let running = start(vec![answer(1, &[1, 2]), nxdomain(), failure()]);
+            run_for(12_000).await;
+            assert!(running.endpoints.snapshot().endpoints.is_empty());
+            // Lookups: the answer at 0, NXDOMAIN at 1, failures from 6 (its 5 s TTL) on.
+            let gaps = running.gaps(2);
+            assert!(gaps.len() >= 4, "{gaps:?}");
+            assert!(at_the_floor(&gaps), "{gaps:?}");
         }
 
         #[tokio::test(start_paused = true)]
