@@ -148,64 +148,8 @@ impl Dns {
             .resolve(self.fqdn.clone(), RecordType::SRV)
             .await
             .map_err(|unresolved| self.error(unresolved, None))?;
-        let srvs: Vec<_> = found
-            .records
-            .iter()
-            .filter_map(|record| match &record.data {
-                RData::SRV(srv) if !srv.target.is_root() => Some(srv),
-                _ => None,
-            })
-            .collect();
-        let usable: Vec<_> = srvs.iter().filter(|srv| srv.port != 0).collect();
-        if usable.is_empty() {
-            let unresolved = if srvs.is_empty() {
-                Unresolved::Negative {
-                    nxdomain: false,
-                    ttl: Some(found.ttl),
-                }
-            } else {
-                Unresolved::Broken("SRV records with port 0 only".into())
-            };
-            return Err(self.error(unresolved, None));
-        }
-        let mut ttl = found.ttl;
-        let mut addrs = BTreeSet::new();
-        let mut targets = JoinSet::new();
-        for srv in usable {
-            let glue: Vec<&Record> = found
-                .glue
-                .iter()
-                .filter(|glue| glue.name == srv.target)
-                .collect();
-            if glue.is_empty() {
-                let dns = self.clone();
-                let (port, target) = (srv.port, srv.target.clone());
-                targets.spawn(async move {
-                    let resolved = dns.resolve(target.clone(), RecordType::A).await;
-                    (port, target, resolved)
-                });
-            } else {
-                ttl = glue
-                    .iter()
-                    .map(|glue| record_ttl(glue))
-                    .fold(ttl, Duration::min);
-                addrs.extend(addresses(glue).map(|ip| SocketAddr::new(ip, srv.port)));
-            }
-        }
-        while let Some(joined) = targets.join_next().await {
-            let (port, target, resolved) = joined.map_err(|err| LookupError::Failed {
-                name: self.display_name(),
-                reason: format!("target lookup stopped: {err}"),
-            })?;
-            let found = match resolved {
-                Ok(found) => found,
-                // The instance left between the two lookups: it is not an instance now.
-                Err(Unresolved::Negative { .. }) => continue,
-                Err(unresolved) => return Err(self.error(unresolved, Some(&target))),
-            };
-            ttl = ttl.min(found.ttl);
-            addrs.extend(addresses(&found.records).map(|ip| SocketAddr::new(ip, port)));
-        }
+        let usable = self.usable_srvs(&found)?;
+        let (addrs, ttl) = self.resolve_targets(&found, usable).await?;
         if addrs.is_empty() {
             // Every target is gone: no instances.
             let unresolved = Unresolved::Negative {
@@ -219,6 +163,83 @@ impl Dns {
             ttl,
             zones: HashMap::new(),
         })
+    }
+
+    /// The SRV records of `found` that name a target (not `.`) on a port other than 0, as
+    /// (port, target); none at all is no instances, port 0 only is a broken answer.
+    fn usable_srvs(&self, found: &Found) -> Result<Vec<(u16, Name)>, LookupError> {
+        let srvs: Vec<_> = found
+            .records
+            .iter()
+            .filter_map(|record| match &record.data {
+                RData::SRV(srv) if !srv.target.is_root() => Some(srv),
+                _ => None,
+            })
+            .collect();
+        let usable: Vec<_> = srvs
+            .iter()
+            .filter(|srv| srv.port != 0)
+            .map(|srv| (srv.port, srv.target.clone()))
+            .collect();
+        if usable.is_empty() {
+            let unresolved = if srvs.is_empty() {
+                Unresolved::Negative {
+                    nxdomain: false,
+                    ttl: Some(found.ttl),
+                }
+            } else {
+                Unresolved::Broken("SRV records with port 0 only".into())
+            };
+            return Err(self.error(unresolved, None));
+        }
+        Ok(usable)
+    }
+
+    /// Each target's addresses, from the glue in `found` or else by A lookups made
+    /// concurrently, with the smallest TTL seen. A target that no longer exists is skipped.
+    async fn resolve_targets(
+        &self,
+        found: &Found,
+        targets: Vec<(u16, Name)>,
+    ) -> Result<(BTreeSet<SocketAddr>, Duration), LookupError> {
+        let mut ttl = found.ttl;
+        let mut addrs = BTreeSet::new();
+        let mut lookups = JoinSet::new();
+        for (port, target) in targets {
+            let glue: Vec<&Record> = found
+                .glue
+                .iter()
+                .filter(|glue| glue.name == target)
+                .collect();
+            if glue.is_empty() {
+                let dns = self.clone();
+                lookups.spawn(async move {
+                    let resolved = dns.resolve(target.clone(), RecordType::A).await;
+                    (port, target, resolved)
+                });
+            } else {
+                ttl = glue
+                    .iter()
+                    .map(|glue| record_ttl(glue))
+                    .fold(ttl, Duration::min);
+                addrs.extend(addresses(glue).map(|ip| SocketAddr::new(ip, port)));
+            }
+        }
+        while let Some(joined) = lookups.join_next().await {
+            let (port, target, resolved) = joined.map_err(|err| LookupError::Failed {
+                name: self.display_name(),
+                reason: format!("target lookup stopped: {err}"),
+            })?;
+            let found = match resolved {
+                Ok(found) => found,
+                // The instance left between the two lookups: it is not an instance now.
+                Err(Unresolved::Negative { .. }) => continue,
+                Err(unresolved) => return Err(self.error(unresolved, Some(&target))),
+            };
+            ttl = ttl.min(found.ttl);
+            addrs.extend(addresses(&found.records).map(|ip| SocketAddr::new(ip, port)));
+        }
+        Ok((addrs, ttl))
     }
 
     /// The `record_type` records of `name`, following CNAMEs across responses.

@@ -112,45 +112,17 @@ pub fn read(query: &Query, response: &DnsResponse, chain: &mut Chain) -> Reading
     }
     let asked = query.name();
     loop {
-        let end = chain.end();
-        let records: Vec<Record> = response
-            .answers
-            .iter()
-            .filter(|record| record.name == *end && record.record_type() == query.query_type())
-            .cloned()
-            .collect();
-        if !records.is_empty() {
-            let ttl = records
-                .iter()
-                .map(|record| record.ttl)
-                .fold(chain.ttl, u32::min);
-            let glue = response
-                .additionals
-                .iter()
-                .filter(|record| matches!(record.data, RData::A(_)))
-                .cloned()
-                .collect();
-            return Reading::Records {
-                records,
-                glue,
-                ttl: Duration::from_secs(ttl.into()),
-            };
+        if let Some(found) = records_at_end(query, response, chain) {
+            return found;
         }
-        let mut cnames = response
-            .answers
-            .iter()
-            .filter_map(|record| match &record.data {
-                RData::CNAME(CNAME(target)) if record.name == *end => Some((target, record.ttl)),
-                _ => None,
-            });
-        let Some((target, ttl)) = cnames.next() else {
-            break;
-        };
-        if cnames.next().is_some() {
-            return Reading::Broken(format!("more than one CNAME for {end}"));
-        }
-        if let Err(reason) = chain.follow(target, ttl) {
-            return Reading::Broken(reason);
+        match next_cname(response, chain.end()) {
+            Ok(Some((target, ttl))) => {
+                if let Err(reason) = chain.follow(target, ttl) {
+                    return Reading::Broken(reason);
+                }
+            }
+            Ok(None) => break,
+            Err(reason) => return Reading::Broken(reason),
         }
     }
     if chain.end() == asked {
@@ -170,6 +142,56 @@ pub fn read(query: &Query, response: &DnsResponse, chain: &mut Chain) -> Reading
         };
     }
     Reading::Follow
+}
+
+/// The records of the type asked for the chain's end, with the additional section's A
+/// records as glue, if `response` has any.
+fn records_at_end(query: &Query, response: &DnsResponse, chain: &Chain) -> Option<Reading> {
+    let end = chain.end();
+    let records: Vec<Record> = response
+        .answers
+        .iter()
+        .filter(|record| record.name == *end && record.record_type() == query.query_type())
+        .cloned()
+        .collect();
+    if records.is_empty() {
+        return None;
+    }
+    let ttl = records
+        .iter()
+        .map(|record| record.ttl)
+        .fold(chain.ttl, u32::min);
+    let glue = response
+        .additionals
+        .iter()
+        .filter(|record| matches!(record.data, RData::A(_)))
+        .cloned()
+        .collect();
+    Some(Reading::Records {
+        records,
+        glue,
+        ttl: Duration::from_secs(ttl.into()),
+    })
+}
+
+/// The CNAME of `name` in `response`'s answers, with its TTL: `None` when there is none, an
+/// error when there are several.
+fn next_cname<'r>(
+    response: &'r DnsResponse,
+    name: &Name,
+) -> Result<Option<(&'r Name, u32)>, String> {
+    let mut cnames = response
+        .answers
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::CNAME(CNAME(target)) if record.name == *name => Some((target, record.ttl)),
+            _ => None,
+        });
+    let first = cnames.next();
+    if first.is_some() && cnames.next().is_some() {
+        return Err(format!("more than one CNAME for {name}"));
+    }
+    Ok(first)
 }
 
 /// Reads a response the pool found no records in (NXDOMAIN, or NOERROR with an empty answer
