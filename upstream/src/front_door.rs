@@ -68,7 +68,7 @@ impl Upstream {
             .context("the Via value is not a valid header value")?;
         let set = Arc::new(EndpointSet::new(
             options.ejection,
-            Requests::new(&options.probe.path, via),
+            Requests::new(options.probe.kind.path().unwrap_or("/"), via),
             pool_builder(&options),
         ));
         set.register_metrics(registry);

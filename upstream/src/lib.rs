@@ -56,7 +56,7 @@ mod transport;
 
 pub use call::{CallError, HedgePolicy, Reply, RetryPolicy};
 pub use discovery::CloudMapOptions;
-pub use endpoints::{EjectionPolicy, ProbePolicy};
+pub use endpoints::{EjectionPolicy, ProbeKind, ProbePolicy};
 pub use front_door::{Report, Upstream};
 pub use lookup::{RecordKind, TtlBounds};
 pub use options::{Options, Source, Target, TargetHost};

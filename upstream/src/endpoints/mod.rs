@@ -13,7 +13,7 @@ mod set;
 
 pub use ejection::{EjectionPolicy, Probed, Recorded};
 pub use endpoint::{Endpoint, Requests, Tier};
-pub use probe::{ProbePolicy, Prober};
+pub use probe::{ProbeKind, ProbePolicy, Prober};
 pub use refresh::{RefreshMetrics, Refresher};
 pub use report::EndpointReport;
 #[cfg(test)]
