@@ -18,4 +18,4 @@ pub use refresh::{RefreshMetrics, Refresher};
 pub use report::EndpointReport;
 #[cfg(test)]
 pub use report::EndpointState;
-pub use set::{Cause, Discovery, EndpointSet, Snapshot};
+pub use set::{Cause, Discovery, EndpointSet, SetWatch, Snapshot};

@@ -4,6 +4,10 @@
 //! small timeout. An ejected endpoint comes back only when its probe answers; an endpoint
 //! whose probe fails while others answer is dead and is ejected whatever the cap.
 //!
+//! While the set is watched (a tower discover stream is open), the calls are made by
+//! someone else and never recorded here, so a proven endpoint that stops answering would go
+//! unnoticed: then every endpoint is probed each round, those that need it first.
+//!
 //! A probe is `GET <path>` on the endpoint's own HTTP/1.1 connection pool, HTTP/2's
 //! connection prefaces on a new connection, or a bare TCP connect ([`ProbeKind`]).
 
@@ -70,7 +74,8 @@ pub struct ProbePolicy {
     /// What a probe asks; a pass must come within the timeout.
     pub kind: ProbeKind,
     /// Time between rounds; a round also starts at once when new endpoints appear or one is
-    /// suspected.
+    /// suspected. While a discover stream is open every endpoint is probed each round, so
+    /// this is also how soon a proven endpoint that stops answering is noticed.
     pub interval: Duration,
     /// Time one probe may take.
     pub timeout: Duration,
@@ -109,6 +114,9 @@ pub struct Prober {
     policy: ProbePolicy,
     /// Probes by result: failed, ok.
     results: [Counter; 2],
+    /// Where the next round's probes of healthy endpoints start, when there are more than
+    /// fit in one round.
+    next_healthy: usize,
 }
 
 impl Prober {
@@ -126,11 +134,12 @@ impl Prober {
             set,
             policy,
             results,
+            next_healthy: 0,
         }
     }
 
     /// Probes until `stop` is cancelled.
-    pub async fn run(self, stop: CancellationToken) {
+    pub async fn run(mut self, stop: CancellationToken) {
         loop {
             if stop.run_until_cancelled(self.round()).await.is_none() {
                 return;
@@ -143,20 +152,14 @@ impl Prober {
         }
     }
 
-    /// Probes every endpoint that needs it, at once, and applies the results.
-    async fn round(&self) {
+    /// Probes every endpoint that is due, at once, and applies the results.
+    async fn round(&mut self) {
         let snapshot = self.set.snapshot();
         let now = Instant::now();
         for endpoint in &snapshot.endpoints {
             endpoint.pool().sweep(now);
         }
-        let due: Vec<Arc<Endpoint>> = snapshot
-            .endpoints
-            .iter()
-            .filter(|endpoint| endpoint.needs_probe())
-            .take(MAX_PROBES_PER_ROUND)
-            .cloned()
-            .collect();
+        let due = self.due(&snapshot.endpoints);
         if due.is_empty() {
             return;
         }
@@ -190,6 +193,24 @@ impl Prober {
                 }
             }
         }
+    }
+
+    /// This round's endpoints, at most [`MAX_PROBES_PER_ROUND`]: those that need a probe,
+    /// then, while the set is watched, the healthy ones, taking turns when they do not all fit.
+    fn due(&mut self, endpoints: &[Arc<Endpoint>]) -> Vec<Arc<Endpoint>> {
+        let (mut due, healthy): (Vec<_>, Vec<_>) = endpoints
+            .iter()
+            .cloned()
+            .partition(|endpoint| endpoint.needs_probe());
+        due.truncate(MAX_PROBES_PER_ROUND);
+        if !self.set.is_watched() || healthy.is_empty() {
+            return due;
+        }
+        let room = (MAX_PROBES_PER_ROUND - due.len()).min(healthy.len());
+        let start = self.next_healthy % healthy.len();
+        due.extend(healthy.iter().cycle().skip(start).take(room).cloned());
+        self.next_healthy = start + room;
+        due
     }
 }
 
@@ -251,6 +272,28 @@ mod tests {
     use crate::endpoints::Discovery;
 
     const TIMEOUT: Duration = Duration::from_millis(300);
+
+    /// A set of `n` endpoints on 10.0.0.x, all proven but the last `unproven`.
+    fn set_of(n: u8, unproven: u8) -> Arc<EndpointSet> {
+        let set = Arc::new(EndpointSet::for_tests());
+        let addrs: BTreeSet<SocketAddr> = (1..=n)
+            .map(|i| SocketAddr::from(([10, 0, 0, i], 3000)))
+            .collect();
+        set.apply(&addrs, Discovery::Resolved);
+        let endpoints = set.snapshot().endpoints.clone();
+        for endpoint in &endpoints[..usize::from(n - unproven)] {
+            endpoint.record_success();
+        }
+        set
+    }
+
+    fn prober(set: &Arc<EndpointSet>) -> Prober {
+        Prober::new(
+            Arc::clone(set),
+            ProbePolicy::default(),
+            &mut Registry::default(),
+        )
+    }
 
     /// Probes one endpoint at `addr` with `kind`.
     async fn probe_addr(addr: SocketAddr, kind: ProbeKind) -> bool {
@@ -332,5 +375,35 @@ mod tests {
     async fn the_tcp_probe_passes_whatever_accepts() {
         assert!(probe_addr(server(0, None).await, ProbeKind::Tcp).await);
         assert!(!probe_addr(refusing().await, ProbeKind::Tcp).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn healthy_endpoints_are_probed_only_while_the_set_is_watched() {
+        let set = set_of(4, 1);
+        let mut prober = prober(&set);
+        let unproven = set.snapshot().endpoints[3].addr();
+        let due = |prober: &mut Prober| -> Vec<SocketAddr> {
+            let endpoints = set.snapshot().endpoints.clone();
+            prober.due(&endpoints).iter().map(|e| e.addr()).collect()
+        };
+        assert_eq!(due(&mut prober), vec![unproven]);
+        let _watch = set.watch();
+        let watched = due(&mut prober);
+        assert_eq!(watched.len(), 4);
+        assert_eq!(watched[0], unproven, "those that need a probe first");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn healthy_endpoints_take_turns_when_they_do_not_fit_in_a_round() {
+        let set = set_of(70, 0);
+        let mut prober = prober(&set);
+        let _watch = set.watch();
+        let endpoints = set.snapshot().endpoints.clone();
+        let first = prober.due(&endpoints);
+        let second = prober.due(&endpoints);
+        assert_eq!(first.len(), MAX_PROBES_PER_ROUND);
+        assert_eq!(second[0].addr(), endpoints[64].addr());
+        let probed: BTreeSet<SocketAddr> = first.iter().chain(&second).map(|e| e.addr()).collect();
+        assert_eq!(probed.len(), 70);
     }
 }
