@@ -12,8 +12,8 @@ use common::Listen;
 use common::config::parse_duration;
 
 use upstream::{
-    CloudMapOptions, EjectionPolicy, HedgePolicy, Options, ProbePolicy, RecordKind, RetryPolicy,
-    Source, Target, TtlBounds, ZonePolicy,
+    CloudMapOptions, EjectionPolicy, HedgePolicy, Options, ProbeKind, ProbePolicy, RecordKind,
+    RetryPolicy, Source, Target, TtlBounds, ZonePolicy,
 };
 
 /// The name hello gives itself in the `Via` header of its calls (RFC 9110 section 7.6.3); a
@@ -316,7 +316,9 @@ impl From<&Config> for Options {
                 max_percent: calls.eject_max_percent,
             },
             probe: ProbePolicy {
-                path: calls.probe_path.clone(),
+                kind: ProbeKind::Http1 {
+                    path: calls.probe_path.clone(),
+                },
                 interval: calls.probe_interval,
                 timeout: calls.probe_timeout,
             },

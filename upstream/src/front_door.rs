@@ -3,18 +3,22 @@
 //! service holds. Everything it does is done by the parts below it.
 
 use std::collections::BTreeSet;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use futures_util::Stream;
 use http::header::HeaderValue;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tower::discover::Change;
 
 use crate::call::{CallError, CallOptions, Caller, DecodeError, Reply};
+use crate::discover::LocalZone;
 use crate::discovery::{CloudMap, CloudMapOptions, Dns, Membership};
 use crate::endpoints::{
     Discovery, EndpointReport, EndpointSet, Prober, RefreshMetrics, Refresher, Requests,
@@ -39,6 +43,8 @@ struct Inner {
     stop: CancellationToken,
     /// Stops the background tasks when the last handle drops.
     _stop_on_drop: DropGuard,
+    /// The zone a discover stream prefers.
+    local_zone: Option<LocalZone>,
 }
 
 /// What the upstream knows now, to serialize (JSON for a debug route): the service's name,
@@ -68,7 +74,7 @@ impl Upstream {
             .context("the Via value is not a valid header value")?;
         let set = Arc::new(EndpointSet::new(
             options.ejection,
-            Requests::new(&options.probe.path, via),
+            Requests::new(options.probe.kind.path().unwrap_or("/"), via),
             pool_builder(&options),
         ));
         set.register_metrics(registry);
@@ -97,6 +103,7 @@ impl Upstream {
                 tasks: tokio::sync::Mutex::new(Some(tasks)),
                 _stop_on_drop: stop.clone().drop_guard(),
                 stop,
+                local_zone: LocalZone::new(&options.zone),
             }),
         })
     }
@@ -111,6 +118,32 @@ impl Upstream {
         E: Into<DecodeError>,
     {
         self.inner.caller.call(decode).await
+    }
+
+    /// The usable endpoints as a `tower::discover::Discover` stream, for tonic's balanced
+    /// channel or tower's p2c: `Insert(addr, make(addr))` when an endpoint becomes usable
+    /// (proven and not ejected), `Remove(addr)` when it stops being (ejected, left
+    /// discovery). When none is usable it fails open, to the endpoints not ejected, then to
+    /// all; with zone-aware routing on, it holds only the local zone's endpoints while the
+    /// zone has its share of them. While the stream is open every endpoint is probed each
+    /// round, with [`ProbePolicy`](crate::ProbePolicy)'s kind (`Http2` for gRPC servers).
+    ///
+    /// The stream never ends and never fails, and keeps this upstream's background tasks
+    /// running while it lives. The balancer makes the calls, so the crate's deadlines,
+    /// retries and hedges do not apply: give each tonic `Endpoint` a `connect_timeout` and a
+    /// `timeout`, and bound each call, since a balanced channel waits without bound for a
+    /// ready endpoint.
+    pub fn discover<S, F>(
+        &self,
+        make: F,
+    ) -> impl Stream<Item = Result<Change<SocketAddr, S>, Infallible>> + Send + 'static
+    where
+        F: FnMut(SocketAddr) -> S + Send + 'static,
+        S: Send + 'static,
+    {
+        let inner = &self.inner;
+        let zone = inner.local_zone.clone();
+        crate::discover::changes(inner.set.watch(), zone, make, self.clone())
     }
 
     /// The service's name, as shown in messages.

@@ -12,6 +12,9 @@
 //!   caller decodes the answer.
 //! - [`Upstream::report`]: what the upstream knows now, for a debug route;
 //!   [`Upstream::known_endpoints`], for readiness.
+//! - [`Upstream::discover`]: the usable endpoints as a `tower::discover::Discover` stream of
+//!   [`Change`]s, for HTTP/2 and gRPC clients (tonic's balanced channel, tower's p2c), with
+//!   [`ProbeKind::Http2`] probes.
 //! - The types these take and give: [`Target`], [`Options`] (with [`Source`], [`RecordKind`],
 //!   [`TtlBounds`], [`RetryPolicy`], [`EjectionPolicy`], [`ProbePolicy`], [`HedgePolicy`],
 //!   [`CloudMapOptions`] and [`ZonePolicy`]), [`Reply`], [`CallError`], [`Report`].
@@ -36,6 +39,7 @@
 //! - `front_door` and `options`: [`Upstream`] wires the parts and owns their tasks;
 //!   [`Options`] gathers each part's settings.
 //! - `call`: one call made of attempts, the retry policy and budget, hedging, the errors.
+//! - `discover`: the usable endpoints as a tower discover stream, for other clients' balancers.
 //! - `select`: power of two choices, within the zone Envoy's zone-aware proportions prefer.
 //! - `endpoints`: the endpoint set and its health: ejection, the refresher that keeps the set
 //!   current from a discovery source (serve-stale), and the prober.
@@ -46,6 +50,7 @@
 //!   lookup seam.
 
 mod call;
+mod discover;
 mod discovery;
 mod endpoints;
 mod front_door;
@@ -56,8 +61,9 @@ mod transport;
 
 pub use call::{CallError, HedgePolicy, Reply, RetryPolicy};
 pub use discovery::CloudMapOptions;
-pub use endpoints::{EjectionPolicy, ProbePolicy};
+pub use endpoints::{EjectionPolicy, ProbeKind, ProbePolicy};
 pub use front_door::{Report, Upstream};
 pub use lookup::{RecordKind, TtlBounds};
 pub use options::{Options, Source, Target, TargetHost};
 pub use select::ZonePolicy;
+pub use tower::discover::Change;

@@ -8,11 +8,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
+use http::uri::PathAndQuery;
 use url::Url;
 
 use crate::call::{HedgePolicy, RetryPolicy};
 use crate::discovery::CloudMapOptions;
-use crate::endpoints::{EjectionPolicy, ProbePolicy};
+use crate::endpoints::{EjectionPolicy, ProbeKind, ProbePolicy};
 use crate::lookup::{RecordKind, TtlBounds};
 use crate::select::ZonePolicy;
 
@@ -241,6 +242,39 @@ impl Options {
         }
         self.retry
             .validate()
-            .map_err(|(field, reason)| format!("{} {reason}", name(field)))
+            .map_err(|(field, reason)| format!("{} {reason}", name(field)))?;
+        check_probe(&self.probe.kind).map_err(|reason| format!("{} {reason}", name("probe.path")))
+    }
+}
+
+/// An HTTP/1.1 probe's path must be a path, such as `/healthz`, and nothing more.
+fn check_probe(kind: &ProbeKind) -> Result<(), &'static str> {
+    match kind {
+        ProbeKind::Http1 { path }
+            if !path.starts_with('/') || path.parse::<PathAndQuery>().is_err() =>
+        {
+            Err("must be a path such as /healthz")
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_http1_probe_needs_a_path() {
+        let mut options = Options::default();
+        assert_eq!(options.validate(|field| field), Ok(()));
+        options.probe.kind = ProbeKind::Http1 {
+            path: "healthz".into(),
+        };
+        assert_eq!(
+            options.validate(|field| field),
+            Err("probe.path must be a path such as /healthz".into())
+        );
+        options.probe.kind = ProbeKind::Http2;
+        assert_eq!(options.validate(|field| field), Ok(()));
     }
 }

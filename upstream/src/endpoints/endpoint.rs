@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use http::Uri;
 use http::header::HeaderValue;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::transport::{Pool, http1};
@@ -73,6 +74,8 @@ pub struct Endpoint {
     cooling_until: AtomicU64,
     epoch: Instant,
     health: Mutex<Health>,
+    /// The set's health signal, told of a first proof (the set tells the rest itself).
+    health_changed: watch::Sender<()>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -94,6 +97,7 @@ impl Endpoint {
         pool: Pool,
         requests: &Requests,
         epoch: Instant,
+        health_changed: watch::Sender<()>,
     ) -> Self {
         // An address and port are always a valid header value.
         let host = HeaderValue::from_str(&addr.to_string())
@@ -115,6 +119,7 @@ impl Endpoint {
             cooling_until: AtomicU64::new(0),
             epoch,
             health: Mutex::default(),
+            health_changed,
         }
     }
 
@@ -177,6 +182,11 @@ impl Endpoint {
         self.flags.load(Ordering::Relaxed) & EJECTED != 0
     }
 
+    /// True once the endpoint has answered, a live request or a probe.
+    pub fn is_proven(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & PROVEN != 0
+    }
+
     /// True when a health probe should look at this endpoint: ejected, never answered, or
     /// failing while the cap keeps it in.
     pub fn needs_probe(&self) -> bool {
@@ -199,6 +209,9 @@ impl Endpoint {
         }
         self.set(PROVEN, true);
         self.set(SUSPECT, false);
+        if flags & PROVEN == 0 {
+            self.health_changed.send_replace(());
+        }
     }
 
     /// The endpoint said it is overloaded: prefer others until `until`.

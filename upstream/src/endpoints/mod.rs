@@ -13,9 +13,9 @@ mod set;
 
 pub use ejection::{EjectionPolicy, Probed, Recorded};
 pub use endpoint::{Endpoint, Requests, Tier};
-pub use probe::{ProbePolicy, Prober};
+pub use probe::{ProbeKind, ProbePolicy, Prober};
 pub use refresh::{RefreshMetrics, Refresher};
 pub use report::EndpointReport;
 #[cfg(test)]
 pub use report::EndpointState;
-pub use set::{Cause, Discovery, EndpointSet, Snapshot};
+pub use set::{Cause, Discovery, EndpointSet, SetWatch, Snapshot};

@@ -2,7 +2,8 @@
 //! discovery answer as a full snapshot, published whole through a `watch` channel so that the
 //! request path never waits on discovery, and keeps the state of the endpoints that stay. It
 //! decides ejections under the cap ([`super::EjectionPolicy`]), holds the signals that wake
-//! the refresher and the prober, and counts ejections. It does not look anything up
+//! the refresher and the prober and the one that tells watchers of health changes
+//! ([`SetWatch`]), and counts ejections. It does not look anything up
 //! ([`super::Refresher`] does), does not probe ([`super::Prober`] does) and does not choose
 //! (the picker does).
 
@@ -115,6 +116,9 @@ pub struct EndpointSet {
     refresh: Notify,
     /// Asks the prober to look at the endpoints that need it now.
     probe: Notify,
+    /// Told when an endpoint is first proven, ejected or readmitted: never on the success
+    /// path of a healthy endpoint. Each endpoint holds a clone; each [`SetWatch`] a receiver.
+    health: watch::Sender<()>,
     /// Ejections, by live failures and by probes.
     ejections: Counter,
 }
@@ -140,6 +144,7 @@ impl EndpointSet {
             new_pool: Box::new(new_pool),
             refresh: Notify::new(),
             probe: Notify::new(),
+            health: watch::Sender::new(()),
             ejections: Counter::default(),
         }
     }
@@ -185,6 +190,21 @@ impl EndpointSet {
         self.current.borrow().clone()
     }
 
+    /// A watch on the endpoints and their health, for consumers that recompute what they
+    /// use on each change rather than read the set per request.
+    pub fn watch(&self) -> SetWatch {
+        SetWatch {
+            endpoints: self.current.subscribe(),
+            health: self.health.subscribe(),
+        }
+    }
+
+    /// True while a [`SetWatch`] is held: someone outside the request path uses the
+    /// endpoints, and their calls are not recorded here.
+    pub fn is_watched(&self) -> bool {
+        self.health.receiver_count() > 0
+    }
+
     /// Replaces the endpoints with `addrs`: endpoints that stay keep their state, new ones
     /// start unproven, and those that left are dropped with their connections once the
     /// requests in flight to them finish. Called by the one writer, the refresher.
@@ -217,6 +237,7 @@ impl EndpointSet {
                         (self.new_pool)(*addr),
                         &self.requests,
                         self.epoch,
+                        self.health.clone(),
                     )),
                 }
             })
@@ -302,6 +323,7 @@ impl EndpointSet {
         endpoint.set(EJECTED, true);
         endpoint.set(TROUBLED, true);
         endpoint.set(SUSPECT, false);
+        self.health.send_replace(());
         duration
     }
 
@@ -321,11 +343,16 @@ impl EndpointSet {
             health.probe_failed = false;
             health.dead = false;
             health.consecutive_failures = 0;
+            let first_proof = !endpoint.is_proven();
             endpoint.set(PROVEN, true);
             endpoint.set(SUSPECT, false);
             if endpoint.is_ejected() && health.ejected_until.is_none_or(|until| now >= until) {
                 endpoint.set(EJECTED, false);
+                self.health.send_replace(());
                 return Probed::Readmitted;
+            }
+            if first_proof {
+                self.health.send_replace(());
             }
             return Probed::Unchanged;
         }
@@ -339,6 +366,33 @@ impl EndpointSet {
             return Probed::Ejected(duration);
         }
         Probed::Unchanged
+    }
+}
+
+// === impl SetWatch ===
+
+/// Wakes its holder when the endpoints change (an answer added or removed some, or
+/// discovery's state moved) or when the health of one may have: first proven, ejected,
+/// readmitted. Cooling down and counting failures do not wake it.
+#[derive(Debug)]
+pub struct SetWatch {
+    endpoints: watch::Receiver<Arc<Snapshot>>,
+    health: watch::Receiver<()>,
+}
+
+impl SetWatch {
+    /// The current snapshot; the changes so far count as seen.
+    pub fn snapshot(&mut self) -> Arc<Snapshot> {
+        self.health.mark_unchanged();
+        Arc::clone(&self.endpoints.borrow_and_update())
+    }
+
+    /// Completes at the first change not yet seen; `false` when the set is gone.
+    pub async fn changed(&mut self) -> bool {
+        tokio::select! {
+            changed = self.endpoints.changed() => changed.is_ok(),
+            changed = self.health.changed() => changed.is_ok(),
+        }
     }
 }
 
@@ -524,6 +578,55 @@ mod tests {
         assert_eq!(set.report(Instant::now())[0].state, EndpointState::Cooling);
         tokio::time::advance(Duration::from_millis(1001)).await;
         assert_eq!(endpoint.tier(Instant::now()), Tier::Ready);
+    }
+
+    /// Whether `watch` has a change not yet seen; marks everything seen.
+    fn woken(watch: &mut SetWatch) -> bool {
+        let woken = watch.endpoints.has_changed().unwrap() || watch.health.has_changed().unwrap();
+        watch.snapshot();
+        woken
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_wakes_on_proof_ejection_readmission_and_answers_only() {
+        let set = set_of(&[1, 2, 3, 4]);
+        let mut watch = set.watch();
+        let endpoint = Arc::clone(&watch.snapshot().endpoints[0]);
+        assert!(!woken(&mut watch));
+
+        endpoint.record_success();
+        assert!(woken(&mut watch), "first proof");
+        endpoint.record_success();
+        endpoint.cool_down(Instant::now() + Duration::from_secs(1));
+        assert_eq!(fail(&set, &endpoint, 2), Recorded::Counted);
+        assert!(
+            !woken(&mut watch),
+            "a healthy success, a cool-down, counted failures"
+        );
+
+        assert!(matches!(fail(&set, &endpoint, 1), Recorded::Ejected(_)));
+        assert!(woken(&mut watch), "ejection");
+        assert_eq!(
+            set.probed(&endpoint, true, true, Instant::now()),
+            Probed::Unchanged
+        );
+        assert!(!woken(&mut watch), "a probe that changes nothing");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        set.probed(&endpoint, true, true, Instant::now());
+        assert!(woken(&mut watch), "readmission");
+
+        set.apply(&addrs(&[1, 2, 3]), Discovery::Resolved);
+        assert!(woken(&mut watch), "an answer");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_set_is_watched_while_a_watch_is_held() {
+        let set = set_of(&[1]);
+        assert!(!set.is_watched());
+        let watch = set.watch();
+        assert!(set.is_watched());
+        drop(watch);
+        assert!(!set.is_watched());
     }
 
     #[tokio::test(start_paused = true)]
