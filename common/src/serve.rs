@@ -24,6 +24,7 @@
 //! unless the accept loop is waiting at the limit with no connection to shed.
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -47,7 +48,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::{Instant, Sleep};
-use tower::ServiceExt;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
@@ -266,18 +266,38 @@ fn answering(
 ) -> impl hyper::service::Service<
     Request<hyper::body::Incoming>,
     Response = axum::http::Response<Answer>,
-    Error = std::convert::Infallible,
+    Error = Infallible,
     Future = impl Send,
-> + Clone {
+> {
     hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
         // The head is complete: the handler's time is not the client's to be slow in.
         conn.request_began();
-        let conn = Arc::clone(&conn);
-        let mark =
-            move |response: axum::response::Response| response.map(|body| Answer { body, conn });
-        ServiceExt::<Request<hyper::body::Incoming>>::map_response(router.clone(), mark)
-            .oneshot(request)
+        Answering {
+            // axum's `Router::poll_ready` is always ready, so it need not be called.
+            route: tower::Service::call(&mut router.clone(), request),
+            conn: Some(Arc::clone(&conn)),
+        }
     })
+}
+
+/// The router's future for one request; the answer it yields marks the connection `ANSWERED`
+/// when hyper drops the answer's body.
+struct Answering<F> {
+    route: F,
+    conn: Option<Arc<Conn>>,
+}
+
+impl<F> Future for Answering<F>
+where
+    F: Future<Output = Result<axum::response::Response, Infallible>> + Unpin,
+{
+    type Output = Result<axum::http::Response<Answer>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Ok(response) = ready!(Pin::new(&mut self.route).poll(cx));
+        let conn = self.conn.take();
+        Poll::Ready(Ok(response.map(|body| Answer { body, conn })))
+    }
 }
 
 /// Adds a span per request, keyed by the route, when debug logging is on for this module or
@@ -803,7 +823,7 @@ impl AsyncWrite for Guarded {
 /// body once its last frame is in hyper's write buffer, before flushing that buffer.
 struct Answer {
     body: Body,
-    conn: Arc<Conn>,
+    conn: Option<Arc<Conn>>,
 }
 
 impl hyper::body::Body for Answer {
@@ -828,10 +848,11 @@ impl hyper::body::Body for Answer {
 
 impl Drop for Answer {
     fn drop(&mut self) {
-        let _ =
-            self.conn
-                .phase
-                .compare_exchange(BUSY, ANSWERED, Ordering::Relaxed, Ordering::Relaxed);
+        if let Some(conn) = &self.conn {
+            let _ =
+                conn.phase
+                    .compare_exchange(BUSY, ANSWERED, Ordering::Relaxed, Ordering::Relaxed);
+        }
     }
 }
 
