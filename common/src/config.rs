@@ -33,12 +33,14 @@ pub struct Listen {
     #[arg(long, env = crate::identity::ECS_METADATA_VARIABLE, hide = true)]
     pub ecs_metadata_uri: Option<String>,
 
-    /// Most client connections open at once; past it the server stops accepting until one
-    /// closes.
+    /// Most client connections open at once. At it, a new connection closes the oldest one
+    /// that is idle or has sent nothing; when every one is in the middle of a request, the
+    /// server stops accepting until one finishes.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 
-    /// Time from a request's first byte to its last header byte; a slower client is closed.
+    /// Time from a request's first byte to its last header byte, and from accepting a
+    /// connection to its first byte (or `IDLE_TIMEOUT`, if shorter); a slower client is closed.
     #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 

@@ -152,16 +152,22 @@ async fn shutdown_ends_within_its_deadline_while_slow_clients_hold_connections()
 }
 
 #[tokio::test]
-async fn past_the_connection_limit_hello_stops_accepting_until_one_closes() {
+async fn at_the_connection_limit_with_every_connection_mid_request_hello_waits_for_one_to_finish() {
     let cluster = Cluster::new(1)
         .configure(|config| config.listen.max_connections = 3)
         .start()
         .await;
     let addr = cluster.hello.addr();
-    // The helper's own client holds one keep-alive connection from waiting for readiness.
-    let mut idle = Vec::new();
-    for _ in 0..2 {
-        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    // Three connections with half a request head each fill the table; the helper's own idle
+    // keep-alive connection is shed to admit the third.
+    let mut half_sent = Vec::new();
+    for _ in 0..3 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHo")
+            .await
+            .unwrap();
+        half_sent.push(stream);
     }
 
     let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -172,6 +178,22 @@ async fn past_the_connection_limit_hello_stops_accepting_until_one_closes() {
     let mut answer = [0u8; 12];
     let early = tokio::time::timeout(ms(300), extra.read_exact(&mut answer)).await;
     assert!(early.is_err(), "a connection past the limit was served");
+
+    // The first one finishes its request; once answered it is idle, and shed for `extra`.
+    half_sent[0].write_all(b"st: hello\r\n\r\n").await.unwrap();
+    half_sent[0].read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    tokio::time::timeout(Duration::from_secs(5), extra.read_exact(&mut answer))
+        .await
+        .expect("never served after a request finished")
+        .unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    // The other two were never cut.
+    for stream in &mut half_sent[1..] {
+        stream.write_all(b"st: hello\r\n\r\n").await.unwrap();
+        stream.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 200");
+    }
     assert!(
         cluster
             .hello
@@ -179,13 +201,6 @@ async fn past_the_connection_limit_hello_stops_accepting_until_one_closes() {
             .await
             >= 1
     );
-
-    drop(idle);
-    tokio::time::timeout(Duration::from_secs(5), extra.read_exact(&mut answer))
-        .await
-        .expect("never served after a connection closed")
-        .unwrap();
-    assert_eq!(&answer, b"HTTP/1.1 200");
 }
 
 #[tokio::test]

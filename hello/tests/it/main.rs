@@ -17,6 +17,7 @@ mod balancing;
 mod broken_upstreams;
 mod cloudmap;
 mod config;
+mod connection_limit;
 mod discovery;
 mod failover;
 mod front_door;
