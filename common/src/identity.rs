@@ -47,18 +47,34 @@ pub async fn instance_id(configured: Option<&str>, metadata_uri: Option<&str>) -
 
 /// Reads `<uri>/task` and names the task `<short task id>@<availability zone>`.
 async fn from_task_metadata(uri: &str) -> Result<String, reqwest::Error> {
+    Ok(name_task(&task_metadata(uri).await?))
+}
+
+/// The task's availability zone, from the task metadata endpoint at `metadata_uri`; `None`
+/// (logged) when it cannot be read.
+pub async fn availability_zone(metadata_uri: &str) -> Option<String> {
+    match task_metadata(metadata_uri).await {
+        Ok(task) => task.availability_zone,
+        Err(err) => {
+            tracing::warn!(error = %err, uri = metadata_uri, "task metadata unavailable; no zone");
+            None
+        }
+    }
+}
+
+/// Reads `<uri>/task`.
+async fn task_metadata(uri: &str) -> Result<TaskMetadata, reqwest::Error> {
     let client = reqwest::Client::builder()
         .timeout(METADATA_TIMEOUT)
         .no_proxy()
         .build()?;
-    let task: TaskMetadata = client
+    client
         .get(format!("{}/task", uri.trim_end_matches('/')))
         .send()
         .await?
         .error_for_status()?
         .json()
-        .await?;
-    Ok(name_task(&task))
+        .await
 }
 
 fn name_task(task: &TaskMetadata) -> String {
@@ -100,6 +116,7 @@ mod tests {
         )
         .await;
         assert_eq!(instance_id(None, Some(&uri)).await, "3f2a9c1e@eu-west-1b");
+        assert_eq!(availability_zone(&uri).await.as_deref(), Some("eu-west-1b"));
     }
 
     #[tokio::test]

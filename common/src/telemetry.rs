@@ -1,10 +1,32 @@
-//! The `tracing` subscriber: JSON lines when stdout is not a terminal (CloudWatch Logs,
-//! `docker logs`), human-readable on a terminal; `RUST_LOG` overrides the default filter.
+//! The `tracing` subscriber, and what a service reports besides its own log lines.
+//!
+//! Log lines are JSON when stdout is not a terminal (CloudWatch Logs, `docker logs`), one
+//! object per line with the event's fields flattened, so that Logs Insights sees them as
+//! top-level fields:
+//! `{"timestamp":..,"level":..,"message":..,<fields>,<span fields>,"trace_id":..,"target":..}`.
+//! A line written while a request is served carries the request's `trace_id`
+//! ([`crate::request_log`]). On a terminal the lines are tracing's readable format, the trace id
+//! at the end. `RUST_LOG` overrides the default filter.
+//!
+//! [`Reporting`] holds the access log's mode and, when EMF lines are on, their settings and
+//! the request counts, and starts the [`crate::emf::Emitter`].
 
+use std::fmt::{self, Write as _};
 use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
 
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::{Format, JsonFields, Writer};
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::config::{Listen, Telemetry};
+use crate::emf::{Emitter, Identity, RequestStats, Source};
+use crate::request_log::{AccessLog, RequestLog};
 
 /// Installs the global subscriber on stdout. `default_filter` applies when `RUST_LOG` is unset
 /// or invalid, for example `"name=info,tower_http=info"`.
@@ -22,19 +44,362 @@ pub fn init_with<W>(default_filter: &str, writer: W, json: bool)
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    // A second install (another test in the same process) is refused, and that is fine.
+    let _ = subscriber(default_filter, writer, json).try_init();
+}
+
+/// The subscriber [`init_with`] installs, for a test to set as its thread's default.
+pub fn subscriber<W>(
+    default_filter: &str,
+    writer: W,
+    json: bool,
+) -> Box<dyn Subscriber + Send + Sync + 'static>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
-    // A second install (another test in the same process) is refused, and that is fine.
-    let _ = if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init()
+    if json {
+        Box::new(
+            builder
+                .fmt_fields(JsonFields::new())
+                .event_format(JsonLine)
+                .finish(),
+        )
     } else {
-        builder.try_init()
-    };
+        Box::new(builder.event_format(TextLine(Format::default())).finish())
+    }
+}
+
+// === JSON lines ===
+
+/// The JSON line format: tracing-subscriber's own JSON format nests span fields under `span`
+/// and has no place for a task's trace id, so the services write their own.
+struct JsonLine;
+
+impl<S> FormatEvent<S, JsonFields> for JsonLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, JsonFields>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        writer.write_str("{\"timestamp\":\"")?;
+        SystemTime.format_time(&mut writer)?;
+        write!(writer, "\",\"level\":\"{}\"", meta.level())?;
+        let mut fields = JsonVisitor {
+            out: &mut writer,
+            result: Ok(()),
+        };
+        event.record(&mut fields);
+        fields.result?;
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                let Some(stored) = extensions.get::<FormattedFields<JsonFields>>() else {
+                    continue;
+                };
+                // JsonFields stores `{"key":value,...}`: its members join the line's.
+                let members = stored
+                    .fields
+                    .trim()
+                    .trim_start_matches('{')
+                    .trim_end_matches('}');
+                if !members.is_empty() {
+                    writer.write_char(',')?;
+                    writer.write_str(members)?;
+                }
+            }
+        }
+        if let Some(trace_id) = crate::request_log::current_trace_id() {
+            write!(writer, ",\"trace_id\":\"{}\"", trace_id.hex())?;
+        }
+        writer.write_str(",\"target\":")?;
+        write_json_str(&mut writer, meta.target())?;
+        writer.write_str("}\n")
+    }
+}
+
+/// Writes an event's fields as `,"key":value` members.
+struct JsonVisitor<'a, 'w> {
+    out: &'a mut Writer<'w>,
+    result: fmt::Result,
+}
+
+impl JsonVisitor<'_, '_> {
+    fn key(&mut self, field: &Field) -> fmt::Result {
+        self.out.write_char(',')?;
+        write_json_str(self.out, field.name())?;
+        self.out.write_char(':')
+    }
+
+    fn member(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        if self.result.is_ok() {
+            self.result = self.key(field).and_then(|()| value(self.out));
+        }
+    }
+}
+
+impl Visit for JsonVisitor<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.member(field, |out| write_json_str(out, value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.member(field, |out| {
+            out.write_char('"')?;
+            write!(JsonEscaped(out), "{value:?}")?;
+            out.write_char('"')
+        });
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.member(field, |out| {
+            out.write_char('"')?;
+            write!(JsonEscaped(out), "{value}")?;
+            out.write_char('"')
+        });
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.member(field, |out| write!(out, "{value}"));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.member(field, |out| write!(out, "{value}"));
+    }
+
+    fn record_u128(&mut self, field: &Field, value: u128) {
+        self.member(field, |out| write!(out, "{value}"));
+    }
+
+    fn record_i128(&mut self, field: &Field, value: i128) {
+        self.member(field, |out| write!(out, "{value}"));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.member(field, |out| write!(out, "{value}"));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        // JSON has no NaN or infinity: those are written as strings.
+        if value.is_finite() {
+            self.member(field, |out| write!(out, "{value}"));
+        } else {
+            self.member(field, |out| write!(out, "\"{value}\""));
+        }
+    }
+}
+
+/// Writes `value` as a JSON string.
+fn write_json_str(out: &mut impl fmt::Write, value: &str) -> fmt::Result {
+    out.write_char('"')?;
+    JsonEscaped(out).write_str(value)?;
+    out.write_char('"')
+}
+
+/// Escapes what it is given for the inside of a JSON string (RFC 8259 section 7).
+struct JsonEscaped<'a, W: fmt::Write + ?Sized>(&'a mut W);
+
+impl<W: fmt::Write + ?Sized> fmt::Write for JsonEscaped<'_, W> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let mut plain = 0;
+        for (i, byte) in text.bytes().enumerate() {
+            let escape = match byte {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0..0x20 | 0x7f => "",
+                _ => continue,
+            };
+            self.0.write_str(&text[plain..i])?;
+            if escape.is_empty() {
+                write!(self.0, "\\u{byte:04x}")?;
+            } else {
+                self.0.write_str(escape)?;
+            }
+            plain = i + 1;
+        }
+        self.0.write_str(&text[plain..])
+    }
+}
+
+// === readable lines ===
+
+/// tracing's readable format, with the request's trace id at the end of a line written while
+/// a request is served.
+struct TextLine(Format);
+
+impl<S, N> FormatEvent<S, N> for TextLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let Some(trace_id) = crate::request_log::current_trace_id() else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        writeln!(writer, "{} trace_id={trace_id}", line.trim_end())
+    }
+}
+
+// === what a service reports ===
+
+/// What a service reports besides its log lines: the access log by `ACCESS_LOG`, and the EMF
+/// lines when they are on.
+#[derive(Debug)]
+pub struct Reporting {
+    access_log: AccessLog,
+    emf: Option<(Identity, Duration, Arc<RequestStats>)>,
+}
+
+impl Reporting {
+    /// From the settings; on ECS, reads the task's zone for the EMF lines' `Zone`.
+    pub async fn new(telemetry: &Telemetry, listen: &Listen, service: &'static str) -> Self {
+        let emf = match telemetry.emf_interval(listen) {
+            Some(interval) => {
+                let zone = match &listen.ecs_metadata_uri {
+                    Some(uri) => crate::identity::availability_zone(uri).await,
+                    None => None,
+                };
+                let identity = Identity {
+                    namespace: telemetry.metrics_emf_namespace.clone(),
+                    service,
+                    zone,
+                };
+                Some((identity, interval, Arc::default()))
+            }
+            None => None,
+        };
+        Self {
+            access_log: telemetry.access_log,
+            emf,
+        }
+    }
+
+    /// The request layer: access lines, and request counts when EMF lines are on.
+    pub fn request_log(&self) -> RequestLog {
+        RequestLog::new(
+            self.access_log,
+            self.emf.as_ref().map(|(_, _, stats)| Arc::clone(stats)),
+        )
+    }
+
+    /// Starts writing EMF lines to stdout with the request metrics and what `sources` add, when
+    /// they are on.
+    pub fn start(self, sources: Vec<Box<dyn Source>>) -> Option<Emitter> {
+        let (identity, interval, stats) = self.emf?;
+        tracing::info!(
+            interval = ?interval,
+            namespace = %identity.namespace,
+            "writing CloudWatch EMF metrics to stdout"
+        );
+        Some(Emitter::start(
+            identity,
+            interval,
+            stats,
+            sources,
+            crate::emf::stdout(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn capture(json: bool, log: impl FnOnce()) -> String {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = subscriber("debug", move || writer.clone(), json);
+        tracing::subscriber::with_default(subscriber, log);
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn json_lines_are_flat_objects_with_fields_in_their_types() {
+        let text = capture(true, || {
+            let span = tracing::info_span!("request", route = "/");
+            let _entered = span.enter();
+            tracing::warn!(
+                status = 503u16,
+                took = 1.5,
+                ok = false,
+                delta = -2i64,
+                addr = %"10.0.0.1:3000",
+                why = ?"a \"quoted\"\nline\u{1}",
+                "answered {}", "badly"
+            );
+        });
+
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let json: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert!(json["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(json["level"], "WARN");
+        assert_eq!(json["message"], "answered badly");
+        assert_eq!(json["status"], 503);
+        assert_eq!(json["took"], 1.5);
+        assert_eq!(json["ok"], false);
+        assert_eq!(json["delta"], -2);
+        assert_eq!(json["addr"], "10.0.0.1:3000");
+        assert_eq!(json["why"], "\"a \\\"quoted\\\"\\nline\\u{1}\"");
+        assert_eq!(json["route"], "/");
+        assert_eq!(json["target"], "common::telemetry::tests");
+        assert!(json.get("trace_id").is_none());
+        let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+        assert!(
+            keys.iter().all(|key| *key != "span" && *key != "fields"),
+            "{keys:?}"
+        );
+    }
+
+    #[test]
+    fn control_characters_and_non_finite_numbers_stay_valid_json() {
+        let text = capture(true, || {
+            tracing::info!(raw = "tab\tbell\u{7}del\u{7f}", nan = f64::NAN, "x");
+        });
+        let json: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(json["raw"], "tab\tbell\u{7}del\u{7f}");
+        assert_eq!(json["nan"], "NaN");
+    }
+
+    #[test]
+    fn readable_lines_outside_requests_are_tracings_own() {
+        let text = capture(false, || tracing::info!(port = 3000, "serving"));
+        assert!(text.contains("serving") && text.contains("3000"), "{text}");
+        assert!(!text.contains("trace_id"), "{text}");
+    }
 }
