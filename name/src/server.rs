@@ -25,7 +25,9 @@ pub async fn run(
         .context("listener has no local address")?;
     tracing::info!(%addr, %instance, drain_seconds = config.drain_seconds, "name is serving");
 
-    let state = AppState::new(instance);
+    let reporting = common::Reporting::new(&config.telemetry, &config.listen, "name").await;
+    let state = AppState::new(instance).with_request_log(reporting.request_log());
+    let metrics = reporting.start(Vec::new());
     let drain = config.drain();
     let draining = state.clone();
     let stop = async move {
@@ -44,6 +46,9 @@ pub async fn run(
     common::serve(listener, app(state), stop, limits, Default::default())
         .await
         .context("server failed")?;
+    if let Some(metrics) = metrics {
+        metrics.finish().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
