@@ -6,6 +6,7 @@ use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use crate::emf::UpstreamMetrics;
 use crate::upstream::Upstream;
 use crate::{AppState, Config, app};
 
@@ -26,7 +27,11 @@ pub async fn run(
     let mut registry = Registry::with_prefix("hello");
     let upstream = Upstream::start(target, (&config).into(), &mut registry)?;
     let connections = common::ConnectionMetrics::register(&mut registry);
-    let router = app(AppState::new(instance, upstream.clone(), registry));
+    let reporting = common::Reporting::new(&config.telemetry, &config.listen, "hello").await;
+    let state = AppState::new(instance, upstream.clone(), registry)
+        .with_request_log(reporting.request_log());
+    let metrics = reporting.start(vec![Box::new(UpstreamMetrics::new(state.clone()))]);
+    let router = app(state);
     let serve = common::serve(
         listener,
         router,
@@ -39,6 +44,9 @@ pub async fn run(
     tokio::select! {
         served = serve => served.context("server failed")?,
         failed = upstream.failed() => return Err(failed),
+    }
+    if let Some(metrics) = metrics {
+        metrics.finish().await;
     }
     upstream.shutdown().await?;
     tracing::info!("stopped");
