@@ -99,15 +99,17 @@ impl ConnectionMetrics {
 }
 
 /// Serves `router` on `listener` within `limits` until `shutdown` completes and every
-/// in-flight request has been answered, or the shutdown deadline has passed.
+/// in-flight request has been answered, or the shutdown deadline has passed. `request_log`
+/// wraps the whole router once (a layer per route would box each route again).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    request_log: crate::RequestLog,
     shutdown: impl Future<Output = ()> + Send + 'static,
     limits: Limits,
     metrics: ConnectionMetrics,
 ) -> std::io::Result<()> {
-    let router = with_tracing(router);
+    let router = tower::Layer::layer(&request_log, with_tracing(router));
     let mut http = hyper::server::conn::http1::Builder::new();
     // The idle and head timeouts are the connection's own (`Guarded`): hyper's header timer
     // would start a boxed timer per request.

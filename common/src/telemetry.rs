@@ -20,7 +20,6 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::{Format, JsonFields, Writer};
-use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -78,7 +77,9 @@ where
 // === JSON lines ===
 
 /// The JSON line format: tracing-subscriber's own JSON format nests span fields under `span`
-/// and has no place for a task's trace id, so the services write their own.
+/// and has no place for a task's trace id, so the services write their own. It is on the
+/// request path of every access line: numbers go through `itoa`, the time is written digit by
+/// digit, and strings with nothing to escape are copied whole.
 struct JsonLine;
 
 impl<S> FormatEvent<S, JsonFields> for JsonLine
@@ -93,8 +94,10 @@ where
     ) -> fmt::Result {
         let meta = event.metadata();
         writer.write_str("{\"timestamp\":\"")?;
-        SystemTime.format_time(&mut writer)?;
-        write!(writer, "\",\"level\":\"{}\"", meta.level())?;
+        writer.write_str(rfc3339(std::time::SystemTime::now()).as_str())?;
+        writer.write_str("\",\"level\":\"")?;
+        writer.write_str(meta.level().as_str())?;
+        writer.write_char('"')?;
         let mut fields = JsonVisitor {
             out: &mut writer,
             result: Ok(()),
@@ -120,7 +123,9 @@ where
             }
         }
         if let Some(trace_id) = crate::request_log::current_trace_id() {
-            write!(writer, ",\"trace_id\":\"{}\"", trace_id.hex())?;
+            writer.write_str(",\"trace_id\":\"")?;
+            writer.write_str(trace_id.hex().as_str())?;
+            writer.write_char('"')?;
         }
         writer.write_str(",\"target\":")?;
         write_json_str(&mut writer, meta.target())?;
@@ -170,11 +175,15 @@ impl Visit for JsonVisitor<'_, '_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.member(field, |out| write!(out, "{value}"));
+        self.member(field, |out| {
+            out.write_str(itoa::Buffer::new().format(value))
+        });
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.member(field, |out| write!(out, "{value}"));
+        self.member(field, |out| {
+            out.write_str(itoa::Buffer::new().format(value))
+        });
     }
 
     fn record_u128(&mut self, field: &Field, value: u128) {
@@ -190,13 +199,85 @@ impl Visit for JsonVisitor<'_, '_> {
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        // JSON has no NaN or infinity: those are written as strings.
-        if value.is_finite() {
-            self.member(field, |out| write!(out, "{value}"));
-        } else {
-            self.member(field, |out| write!(out, "\"{value}\""));
-        }
+        self.member(field, |out| write_f64(out, value));
     }
+}
+
+/// Writes `value` as a JSON number, or as a string when it is NaN or infinite (JSON has
+/// neither). A value with at most three decimals (a duration in milliseconds from
+/// microseconds) is written from integers, as `Display` would write it.
+fn write_f64(out: &mut impl fmt::Write, value: f64) -> fmt::Result {
+    if !value.is_finite() {
+        return write!(out, "\"{value}\"");
+    }
+    let thousandths = (value * 1000.0).round();
+    if value >= 0.0 && thousandths < 1e15 && thousandths / 1000.0 == value {
+        let thousandths = thousandths as u64;
+        let mut digits = itoa::Buffer::new();
+        out.write_str(digits.format(thousandths / 1000))?;
+        let mut fraction = thousandths % 1000;
+        if fraction > 0 {
+            let mut width = 3;
+            while fraction.is_multiple_of(10) {
+                fraction /= 10;
+                width -= 1;
+            }
+            out.write_char('.')?;
+            let fraction = digits.format(fraction);
+            for _ in fraction.len()..width {
+                out.write_char('0')?;
+            }
+            out.write_str(fraction)?;
+        }
+        return Ok(());
+    }
+    write!(out, "{value}")
+}
+
+/// The time as RFC 3339 in UTC with microseconds, `2026-12-06T12:47:35.175223Z`, as
+/// tracing-subscriber writes it.
+fn rfc3339(time: std::time::SystemTime) -> crate::trace::Ascii<27> {
+    let since = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let seconds = since.as_secs();
+    let (year, month, day) = civil_date((seconds / 86_400) as i64);
+    let of_day = seconds % 86_400;
+    let mut out = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, mut value: u64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year.clamp(0, 9999) as u64);
+    put(5, 2, u64::from(month));
+    put(8, 2, u64::from(day));
+    put(11, 2, of_day / 3600);
+    put(14, 2, of_day / 60 % 60);
+    put(17, 2, of_day % 60);
+    put(20, 6, u64::from(since.subsec_micros()));
+    crate::trace::Ascii::from_ascii(out)
+}
+
+/// The proleptic Gregorian date of `days` after 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_date(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 /// Writes `value` as a JSON string.
@@ -206,11 +287,19 @@ fn write_json_str(out: &mut impl fmt::Write, value: &str) -> fmt::Result {
     out.write_char('"')
 }
 
+/// A byte a JSON string cannot hold as it is.
+fn needs_escape(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\' || byte == 0x7f
+}
+
 /// Escapes what it is given for the inside of a JSON string (RFC 8259 section 7).
 struct JsonEscaped<'a, W: fmt::Write + ?Sized>(&'a mut W);
 
 impl<W: fmt::Write + ?Sized> fmt::Write for JsonEscaped<'_, W> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
+        if !text.bytes().any(needs_escape) {
+            return self.0.write_str(text);
+        }
         let mut plain = 0;
         for (i, byte) in text.bytes().enumerate() {
             let escape = match byte {
@@ -394,6 +483,36 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
         assert_eq!(json["raw"], "tab\tbell\u{7}del\u{7f}");
         assert_eq!(json["nan"], "NaN");
+    }
+
+    #[test]
+    fn times_are_rfc3339_in_utc_with_microseconds() {
+        use std::time::{Duration, UNIX_EPOCH};
+        for (seconds, micros, text) in [
+            (0, 0, "1970-01-01T00:00:00.000000Z"),
+            (951_782_400, 1, "2000-02-29T00:00:00.000001Z"),
+            (1_709_251_199, 999_999, "2024-02-29T23:59:59.999999Z"),
+            (4_107_542_400, 500_000, "2100-03-01T00:00:00.500000Z"),
+            (1_796_561_257, 199_000, "2026-12-06T12:47:37.199000Z"),
+        ] {
+            let time = UNIX_EPOCH + Duration::new(seconds, micros * 1000);
+            assert_eq!(rfc3339(time).as_str(), text);
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_as_display_writes_them() {
+        for value in [
+            0.0, 0.001, 0.067, 0.1, 1.5, 20.134, 100.0, 1234.567, 0.0001, 1e20, 2.71, -2.5,
+        ] {
+            let mut text = String::new();
+            write_f64(&mut text, value).unwrap();
+            assert_eq!(text, value.to_string(), "{value}");
+            assert_eq!(text.parse::<f64>().unwrap(), value);
+        }
+        let mut text = String::new();
+        write_f64(&mut text, f64::INFINITY).unwrap();
+        assert_eq!(text, "\"inf\"");
     }
 
     #[test]

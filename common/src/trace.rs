@@ -69,6 +69,11 @@ pub struct SpanId(NonZeroU64);
 pub struct Ascii<const N: usize>([u8; N]);
 
 impl<const N: usize> Ascii<N> {
+    /// Wraps `N` bytes that are ASCII; anything else makes [`Ascii::as_str`] empty.
+    pub fn from_ascii(bytes: [u8; N]) -> Self {
+        Self(bytes)
+    }
+
     /// The characters.
     pub fn as_str(&self) -> &str {
         // Only ASCII is ever written into it.
@@ -88,14 +93,24 @@ impl<const N: usize> fmt::Debug for Ascii<N> {
     }
 }
 
-const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+/// Each byte's two lowercase hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        pairs[byte] = [DIGITS[byte >> 4], DIGITS[byte & 0xf]];
+        byte += 1;
+    }
+    pairs
+};
 
-/// `value`'s low `N * 4` bits as `N` lowercase hex digits.
+/// `value`'s low `N * 4` bits as `N` lowercase hex digits (`N` even), a byte at a time.
 fn to_hex<const N: usize>(value: u128) -> Ascii<N> {
-    let mut out = [b'0'; N];
-    for (i, digit) in out.iter_mut().enumerate() {
-        let shift = (N - 1 - i) * 4;
-        *digit = HEX_DIGITS[((value >> shift) & 0xf) as usize];
+    let mut out = [0u8; N];
+    let bytes = value.to_be_bytes();
+    for (pair, byte) in out.chunks_exact_mut(2).zip(&bytes[16 - N / 2..]) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
     }
     Ascii(out)
 }

@@ -1,7 +1,6 @@
 //! The router and its handlers. Handlers see one [`Upstream`] in the state and nothing of
-//! discovery's insides. Every route is inside the request layer ([`RequestLog`]: trace id,
-//! access line, request counts); `GET /` notes for its access line the endpoint and attempts,
-//! or the kind of failure.
+//! discovery's insides. `GET /` notes for the request's access line
+//! ([`common::request_log`]) the endpoint and attempts, or the kind of failure.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -14,7 +13,7 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use common::request_log::{note_error, note_upstream};
 use common::trace::TraceId;
-use common::{NameAnswer, RequestLog, TraceContext};
+use common::{NameAnswer, TraceContext};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -34,7 +33,6 @@ pub struct AppState {
     answered: Counter,
     unavailable: Counter,
     loops: Counter,
-    request_log: RequestLog,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -69,15 +67,7 @@ impl AppState {
             answered,
             unavailable,
             loops,
-            request_log: RequestLog::default(),
         }
-    }
-
-    /// The same state, its requests logged and counted by `request_log` (by default, an access
-    /// line for every request and no counts).
-    pub fn with_request_log(mut self, request_log: RequestLog) -> Self {
-        self.request_log = request_log;
-        self
     }
 
     /// The upstream the handlers call.
@@ -102,7 +92,6 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/debug/endpoints", get(debug_endpoints))
         .layer(MapResponseLayer::new(log_failure))
-        .layer(state.request_log.clone())
         .with_state(state)
 }
 

@@ -28,13 +28,14 @@ pub async fn run(
     let upstream = Upstream::start(target, (&config).into(), &mut registry)?;
     let connections = common::ConnectionMetrics::register(&mut registry);
     let reporting = common::Reporting::new(&config.telemetry, &config.listen, "hello").await;
-    let state = AppState::new(instance, upstream.clone(), registry)
-        .with_request_log(reporting.request_log());
+    let state = AppState::new(instance, upstream.clone(), registry);
+    let request_log = reporting.request_log();
     let metrics = reporting.start(vec![Box::new(UpstreamMetrics::new(state.clone()))]);
     let router = app(state);
     let serve = common::serve(
         listener,
         router,
+        request_log,
         shutdown,
         config.listen.limits(),
         connections,

@@ -1,7 +1,6 @@
 //! The router: `/` answers with a name, `/healthz` with liveness, `/readyz` with readiness,
 //! which turns off while the instance drains. While draining, every answer also carries
-//! `Connection: close`, so callers' pooled keep-alive connections end with the drain. Every
-//! route is inside the request layer (trace id, access line, request counts).
+//! `Connection: close`, so callers' pooled keep-alive connections end with the drain.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::map_response_with_state;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
-use common::{NameAnswer, RequestLog, wants_json};
+use common::{NameAnswer, wants_json};
 use rand::seq::IndexedRandom;
 
 use crate::names::NAMES;
@@ -22,7 +21,6 @@ use crate::names::NAMES;
 pub struct AppState {
     instance: Arc<str>,
     draining: Arc<AtomicBool>,
-    request_log: RequestLog,
 }
 
 impl AppState {
@@ -31,15 +29,7 @@ impl AppState {
         Self {
             instance: instance.into(),
             draining: Arc::default(),
-            request_log: RequestLog::default(),
         }
-    }
-
-    /// The same state, its requests logged and counted by `request_log` (by default, an access
-    /// line for every request and no counts).
-    pub fn with_request_log(mut self, request_log: RequestLog) -> Self {
-        self.request_log = request_log;
-        self
     }
 
     /// From now on `/readyz` answers 503; `/` keeps answering, with `Connection: close`.
@@ -55,7 +45,6 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .layer(map_response_with_state(state.clone(), close_while_draining))
-        .layer(state.request_log.clone())
         .with_state(state)
 }
 

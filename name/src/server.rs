@@ -26,7 +26,8 @@ pub async fn run(
     tracing::info!(%addr, %instance, drain_seconds = config.drain_seconds, "name is serving");
 
     let reporting = common::Reporting::new(&config.telemetry, &config.listen, "name").await;
-    let state = AppState::new(instance).with_request_log(reporting.request_log());
+    let state = AppState::new(instance);
+    let request_log = reporting.request_log();
     let metrics = reporting.start(Vec::new());
     let drain = config.drain();
     let draining = state.clone();
@@ -43,9 +44,16 @@ pub async fn run(
         tracing::info!("closing: finishing in-flight requests");
     };
     let limits = config.listen.limits();
-    common::serve(listener, app(state), stop, limits, Default::default())
-        .await
-        .context("server failed")?;
+    common::serve(
+        listener,
+        app(state),
+        request_log,
+        stop,
+        limits,
+        Default::default(),
+    )
+    .await
+    .context("server failed")?;
     if let Some(metrics) = metrics {
         metrics.finish().await;
     }
