@@ -287,9 +287,29 @@ fn write_json_str(out: &mut impl fmt::Write, value: &str) -> fmt::Result {
     out.write_char('"')
 }
 
-/// A byte a JSON string cannot hold as it is.
+/// A byte a JSON string cannot hold as it is (DEL is escaped too, for terminals).
 fn needs_escape(byte: u8) -> bool {
     byte < 0x20 || byte == b'"' || byte == b'\\' || byte == 0x7f
+}
+
+/// Whether any byte of `text` needs escaping, eight bytes at a time ("Bit Twiddling Hacks":
+/// `hasless` finds a byte below 0x20, `haszero` of an XOR a byte equal to one value).
+fn any_needs_escape(text: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGHS: u64 = ONES * 0x80;
+    let has_zero = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS != 0;
+    let mut words = text.chunks_exact(8);
+    for word in &mut words {
+        let word = u64::from_ne_bytes(<[u8; 8]>::try_from(word).unwrap_or_default());
+        if word.wrapping_sub(ONES * 0x20) & !word & HIGHS != 0
+            || has_zero(word ^ (ONES * u64::from(b'"')))
+            || has_zero(word ^ (ONES * u64::from(b'\\')))
+            || has_zero(word ^ (ONES * 0x7f))
+        {
+            return true;
+        }
+    }
+    words.remainder().iter().any(|&byte| needs_escape(byte))
 }
 
 /// Escapes what it is given for the inside of a JSON string (RFC 8259 section 7).
@@ -297,7 +317,7 @@ struct JsonEscaped<'a, W: fmt::Write + ?Sized>(&'a mut W);
 
 impl<W: fmt::Write + ?Sized> fmt::Write for JsonEscaped<'_, W> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
-        if !text.bytes().any(needs_escape) {
+        if !any_needs_escape(text.as_bytes()) {
             return self.0.write_str(text);
         }
         let mut plain = 0;
@@ -483,6 +503,21 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
         assert_eq!(json["raw"], "tab\tbell\u{7}del\u{7f}");
         assert_eq!(json["nan"], "NaN");
+    }
+
+    #[test]
+    fn the_word_scan_finds_what_the_byte_test_finds() {
+        for byte in 0..=255u8 {
+            for at in 0..20 {
+                let mut text = vec![b'a'; 20];
+                text[at] = byte;
+                assert_eq!(
+                    any_needs_escape(&text),
+                    needs_escape(byte),
+                    "{byte:#x} at {at}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -359,12 +359,40 @@ fn parse_amzn_trace_id(value: &[u8]) -> Option<AmznTraceId> {
     })
 }
 
-/// The one value of header `name`, when it is there exactly once.
-fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
-    let mut values = headers.get_all(name).iter();
-    match (values.next(), values.next()) {
-        (Some(value), None) => Some(value),
-        _ => None,
+/// The values of `traceparent` and `X-Amzn-Trace-Id`, each when it is there exactly once: one
+/// pass over the few headers of a request costs less than hashing both names.
+fn trace_headers(headers: &HeaderMap) -> (Option<&HeaderValue>, Option<&HeaderValue>) {
+    let (mut traceparent, mut amzn) = (Found::None, Found::None);
+    for (name, value) in headers {
+        if *name == TRACEPARENT {
+            traceparent = traceparent.add(value);
+        } else if *name == X_AMZN_TRACE_ID {
+            amzn = amzn.add(value);
+        }
+    }
+    (traceparent.single(), amzn.single())
+}
+
+/// A header's values seen so far.
+enum Found<'a> {
+    None,
+    One(&'a HeaderValue),
+    Several,
+}
+
+impl<'a> Found<'a> {
+    fn add(self, value: &'a HeaderValue) -> Self {
+        match self {
+            Self::None => Self::One(value),
+            _ => Self::Several,
+        }
+    }
+
+    fn single(self) -> Option<&'a HeaderValue> {
+        match self {
+            Self::One(value) => Some(value),
+            _ => None,
+        }
     }
 }
 
@@ -397,10 +425,9 @@ impl TraceContext {
     /// The context of a request with `headers`: its `traceparent`, else its
     /// `X-Amzn-Trace-Id`, else a new trace.
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        let traceparent =
-            single(headers, &TRACEPARENT).and_then(|value| parse_traceparent(value.as_bytes()));
-        let amzn = single(headers, &X_AMZN_TRACE_ID)
-            .and_then(|value| parse_amzn_trace_id(value.as_bytes()));
+        let (traceparent, amzn) = trace_headers(headers);
+        let traceparent = traceparent.and_then(|value| parse_traceparent(value.as_bytes()));
+        let amzn = amzn.and_then(|value| parse_amzn_trace_id(value.as_bytes()));
         match (traceparent, amzn) {
             (Some(traceparent), amzn) => Self {
                 trace_id: traceparent.trace_id,
