@@ -11,6 +11,7 @@
 //! [`Reporting`] holds the access log's mode and, when EMF lines are on, their settings and
 //! the request counts, and starts the [`crate::emf::Emitter`].
 
+use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -92,97 +93,131 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let meta = event.metadata();
-        writer.write_str("{\"timestamp\":\"")?;
-        writer.write_str(rfc3339(std::time::SystemTime::now()).as_str())?;
-        writer.write_str("\",\"level\":\"")?;
-        writer.write_str(meta.level().as_str())?;
-        writer.write_char('"')?;
-        let mut fields = JsonVisitor {
-            out: &mut writer,
-            result: Ok(()),
-        };
-        event.record(&mut fields);
-        fields.result?;
-        if let Some(scope) = ctx.event_scope() {
-            for span in scope.from_root() {
-                let extensions = span.extensions();
-                let Some(stored) = extensions.get::<FormattedFields<JsonFields>>() else {
-                    continue;
-                };
-                // JsonFields stores `{"key":value,...}`: its members join the line's.
-                let members = stored
-                    .fields
-                    .trim()
-                    .trim_start_matches('{')
-                    .trim_end_matches('}');
-                if !members.is_empty() {
-                    writer.write_char(',')?;
-                    writer.write_str(members)?;
-                }
+        thread_local! {
+            static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
+        }
+        // The line is built in a String of this thread's, then written at once: the writer
+        // is a `dyn Write`, a call per piece. A field whose Debug logs finds it taken and
+        // builds its line in a new one.
+        LINE.with(|line| match line.try_borrow_mut() {
+            Ok(mut line) => {
+                line.clear();
+                json_line(ctx, event, &mut line)?;
+                writer.write_str(&line)
+            }
+            Err(_) => {
+                let mut line = String::new();
+                json_line(ctx, event, &mut line)?;
+                writer.write_str(&line)
+            }
+        })
+    }
+}
+
+/// Writes `event`'s JSON line into `out`.
+fn json_line<S>(
+    ctx: &FmtContext<'_, S, JsonFields>,
+    event: &Event<'_>,
+    out: &mut String,
+) -> fmt::Result
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let meta = event.metadata();
+    out.push_str("{\"timestamp\":\"");
+    out.push_str(rfc3339(std::time::SystemTime::now()).as_str());
+    out.push_str("\",\"level\":\"");
+    out.push_str(meta.level().as_str());
+    out.push('"');
+    let mut fields = JsonVisitor {
+        out: &mut *out,
+        result: Ok(()),
+    };
+    event.record(&mut fields);
+    fields.result?;
+    if let Some(scope) = ctx.event_scope() {
+        for span in scope.from_root() {
+            let extensions = span.extensions();
+            let Some(stored) = extensions.get::<FormattedFields<JsonFields>>() else {
+                continue;
+            };
+            // JsonFields stores `{"key":value,...}`: its members join the line's.
+            let members = stored
+                .fields
+                .trim()
+                .trim_start_matches('{')
+                .trim_end_matches('}');
+            if !members.is_empty() {
+                out.push(',');
+                out.push_str(members);
             }
         }
-        if let Some(trace_id) = crate::request_log::current_trace_id() {
-            writer.write_str(",\"trace_id\":\"")?;
-            writer.write_str(trace_id.hex().as_str())?;
-            writer.write_char('"')?;
-        }
-        writer.write_str(",\"target\":")?;
-        write_json_str(&mut writer, meta.target())?;
-        writer.write_str("}\n")
     }
+    if let Some(trace_id) = crate::request_log::current_trace_id() {
+        out.push_str(",\"trace_id\":\"");
+        out.push_str(trace_id.hex().as_str());
+        out.push('"');
+    }
+    out.push_str(",\"target\":");
+    push_json_str(out, meta.target());
+    out.push_str("}\n");
+    Ok(())
 }
 
 /// Writes an event's fields as `,"key":value` members.
-struct JsonVisitor<'a, 'w> {
-    out: &'a mut Writer<'w>,
+struct JsonVisitor<'a> {
+    out: &'a mut String,
     result: fmt::Result,
 }
 
-impl JsonVisitor<'_, '_> {
-    fn key(&mut self, field: &Field) -> fmt::Result {
-        self.out.write_char(',')?;
-        write_json_str(self.out, field.name())?;
-        self.out.write_char(':')
-    }
-
-    fn member(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+impl JsonVisitor<'_> {
+    fn member(&mut self, field: &Field, value: impl FnOnce(&mut String) -> fmt::Result) {
         if self.result.is_ok() {
-            self.result = self.key(field).and_then(|()| value(self.out));
+            self.out.push(',');
+            push_json_str(self.out, field.name());
+            self.out.push(':');
+            self.result = value(self.out);
         }
     }
 }
 
-impl Visit for JsonVisitor<'_, '_> {
+impl Visit for JsonVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.member(field, |out| write_json_str(out, value));
+        self.member(field, |out| {
+            push_json_str(out, value);
+            Ok(())
+        });
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.member(field, |out| {
-            out.write_char('"')?;
-            write!(JsonEscaped(out), "{value:?}")?;
-            out.write_char('"')
+            out.push('"');
+            write!(JsonEscaped(&mut *out), "{value:?}")?;
+            out.push('"');
+            Ok(())
         });
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         self.member(field, |out| {
-            out.write_char('"')?;
-            write!(JsonEscaped(out), "{value}")?;
-            out.write_char('"')
+            out.push('"');
+            write!(JsonEscaped(&mut *out), "{value}")?;
+            out.push('"');
+            Ok(())
         });
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.member(field, |out| {
-            out.write_str(itoa::Buffer::new().format(value))
+            out.push_str(itoa::Buffer::new().format(value));
+            Ok(())
         });
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.member(field, |out| {
-            out.write_str(itoa::Buffer::new().format(value))
+            out.push_str(itoa::Buffer::new().format(value));
+            Ok(())
         });
     }
 
@@ -280,11 +315,12 @@ fn civil_date(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-/// Writes `value` as a JSON string.
-fn write_json_str(out: &mut impl fmt::Write, value: &str) -> fmt::Result {
-    out.write_char('"')?;
-    JsonEscaped(out).write_str(value)?;
-    out.write_char('"')
+/// Appends `value` as a JSON string.
+fn push_json_str(out: &mut String, value: &str) {
+    out.push('"');
+    // Writing into a String cannot fail.
+    let _ = JsonEscaped(&mut *out).write_str(value);
+    out.push('"');
 }
 
 /// A byte a JSON string cannot hold as it is (DEL is escaped too, for terminals).
