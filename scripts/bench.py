@@ -389,13 +389,16 @@ def start_names(children: Children, setup: Setup, bins: Path, cpu: int | None):
     return procs
 
 
-def hello_env(setup: Setup, dns_name: str, workers: str) -> dict[str, str]:
+def hello_env(setup: Setup, dns_name: str, workers: str, access_log: str = "off") -> dict[str, str]:
+    """hello's settings. ACCESS_LOG=off by default: HAProxy runs without logs, so the proxies
+    are compared without them; the callgrind table measures `all` beside it."""
     env = {
         "HOST": HELLO_ADDR,
         "PORT": str(setup.proxy_port),
         "NAME_SERVICE_URL": f"http://{dns_name}:{setup.backend_port}",
         "DNS_SERVER": f"{DNS_ADDR}:{setup.dns_port}",
         "INSTANCE_ID": "hello-bench",
+        "ACCESS_LOG": access_log,
     }
     if workers != "auto":
         env["WORKER_THREADS"] = workers
@@ -678,22 +681,25 @@ def callgrind_control(pid: int, command: list[str], child_env: dict[str, str]) -
 
 
 def run_callgrind(children: Children, kind: str, setup: Setup, dns_name: str, bins: Path,
-                  work: Path, out_dir: Path, requests: int, warmup: int, workers: str) -> Profile:
+                  work: Path, out_dir: Path, requests: int, warmup: int, workers: str,
+                  access_log: str = "off") -> Profile:
     """Instructions per request of `kind` under callgrind: started with collection off, warmed
     up, collection switched on for `requests` sequential keep-alive requests and off again, then
     stopped, so the profile holds those requests only. (Zeroing or dumping in the middle of a
     run leaves the calls then in progress misattributed by callgrind_annotate.) Where
     callgrind_control cannot reach the process, falls back to the difference between a run
-    with and one without the requests."""
-    prof = Profile(kind, requests)
+    with and one without the requests. hello runs with `access_log` as ACCESS_LOG."""
+    label = kind if kind != "hello" or access_log == "off" else f"hello ACCESS_LOG={access_log}"
+    name = kind if label == kind else f"{kind}-access-{access_log}"
+    prof = Profile(label, requests)
 
     def one_run(measured: int, tag: str, toggle: bool) -> tuple[int, Path, bool]:
-        outfile = out_dir / f"callgrind.{kind}.{tag}.out"
-        for old in out_dir.glob(f"callgrind.{kind}.{tag}.out*"):
+        outfile = out_dir / f"callgrind.{name}.{tag}.out"
+        for old in out_dir.glob(f"callgrind.{name}.{tag}.out*"):
             old.unlink()
         if kind == "hello":
             argv = [str(bins / "hello")]
-            env = hello_env(setup, dns_name, workers)
+            env = hello_env(setup, dns_name, workers, access_log)
             addr = HELLO_ADDR
         else:
             conf = haproxy_config(setup, proxy_dns_name(kind, dns_name), 3, work)
@@ -704,7 +710,7 @@ def run_callgrind(children: Children, kind: str, setup: Setup, dns_name: str, bi
               "--dump-instr=no", "--collect-jumps=no"]
         if toggle:
             vg.append("--instr-atstart=no")
-        proc = children.start(f"callgrind-{kind}", [*vg, *argv], env=env)
+        proc = children.start(f"callgrind-{name}", [*vg, *argv], env=env)
         toggled = False
         try:
             wait_for_200(addr, setup.proxy_port, 90, proc, interval=0.1)
@@ -731,9 +737,9 @@ def run_callgrind(children: Children, kind: str, setup: Setup, dns_name: str, bi
                        "the profile includes startup)")
     prof.per_request = prof.instructions / requests
     prof.profile_file = str(path)
-    annotate = out_dir / f"callgrind.{kind}.top.txt"
+    annotate = out_dir / f"callgrind.{name}.top.txt"
     with annotate.open("w") as f:
-        f.write(f"# {kind}: {requests} sequential keep-alive requests, {prof.method}\n")
+        f.write(f"# {label}: {requests} sequential keep-alive requests, {prof.method}\n")
         f.write(f"# instructions: {prof.instructions}, per request: {prof.per_request:.0f}\n\n")
         for inclusive in ("no", "yes"):
             f.write(f"## callgrind_annotate --inclusive={inclusive} (top 25)\n\n")
@@ -742,7 +748,7 @@ def run_callgrind(children: Children, kind: str, setup: Setup, dns_name: str, bi
             f.write(top_functions(res.stdout, 25))
             f.write("\n")
     prof.annotate_file = str(annotate)
-    log(f"callgrind {kind}: {prof.per_request:.0f} instructions/request; top functions in {annotate}")
+    log(f"callgrind {label}: {prof.per_request:.0f} instructions/request; top functions in {annotate}")
     return prof
 
 
@@ -831,11 +837,20 @@ def startup_table(proxies: list[dict]) -> str:
 
 
 def callgrind_table(profiles: list[Profile]) -> str:
+    """One row per profile; then hello (ACCESS_LOG=off) against HAProxy (no logs), and what an
+    access line per request costs."""
     rows = ["| proxy | requests | instructions/request | profile |", "|---|---|---|---|"]
     for p in profiles:
         rows.append(f"| {p.proxy} | {p.requests} | {p.per_request:,.0f} | {p.annotate_file} |")
-    if len(profiles) == 2 and profiles[1].per_request:
-        rows.append(f"| hello/HAProxy | | {profiles[0].per_request / profiles[1].per_request:.2f} | |")
+    by_proxy = {p.proxy: p.per_request for p in profiles}
+    hello, haproxy = by_proxy.get("hello"), by_proxy.get("haproxy")
+    logged = by_proxy.get("hello ACCESS_LOG=all")
+    if hello and haproxy:
+        rows.append(f"| hello/HAProxy (ACCESS_LOG=off) | | {hello / haproxy:.2f} | |")
+    if hello and logged:
+        rows.append(f"| ACCESS_LOG=all minus off | | {logged - hello:+,.0f} ({(logged / hello - 1) * 100:+.1f} %) | |")
+    if logged and haproxy:
+        rows.append(f"| hello/HAProxy (ACCESS_LOG=all) | | {logged / haproxy:.2f} | |")
     return "\n".join(rows) + "\n"
 
 
@@ -1038,6 +1053,10 @@ def run(args: argparse.Namespace, children: Children, work: Path, out_dir: Path)
                 profiles.append(run_callgrind(children, kind, setup, "static.internal", sym_bins, work,
                                               out_dir, args.callgrind_requests, warmup,
                                               args.hello_workers))
+            # What an access line per request costs: hello again, with ACCESS_LOG=all.
+            profiles.append(run_callgrind(children, "hello", setup, "static.internal", sym_bins, work,
+                                          out_dir, args.callgrind_requests, warmup,
+                                          args.hello_workers, access_log="all"))
     result["cells"] = [asdict(c) for c in cells]
     result["startup"] = started
     result["profiles"] = [asdict(p) for p in profiles]
@@ -1061,7 +1080,8 @@ def report(result: dict, args: argparse.Namespace) -> str:
         f"{args.cpus.split(',')[0]}, the proxy to CPU "
         f"{args.cpus.split(',')[1]}, backends unpinned; {args.duration} s per cell, median of "
         f"{args.repeat} taking turns; every request "
-        f"sends Accept: application/json; hello with WORKER_THREADS={args.hello_workers}, "
+        f"sends Accept: application/json; hello with WORKER_THREADS={args.hello_workers} and "
+        f"ACCESS_LOG=off (HAProxy logs nothing; the callgrind table adds hello with ACCESS_LOG=all), "
         f"HAProxy with nbthread 1; DNS TTL {args.ttl} s.",
         ("Latencies are wrk's own percentiles, CORRECTED for coordinated omission (--wrk-plain). "
          if args.wrk_plain else

@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, FromArgMatches};
 
+use crate::request_log::AccessLog;
+
 /// The port both services listen on unless told otherwise; the CloudFormation templates and
 /// the compose file use the same number.
 pub const DEFAULT_PORT: u16 = 3000;
@@ -212,4 +214,67 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         return Err("at most 1 day".into());
     }
     Ok(duration)
+}
+
+/// What a service reports beyond its own log lines: the access log, and CloudWatch metrics
+/// written as EMF lines on stdout. Each service flattens it into its settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Telemetry {
+    /// Which requests get an access-log line: `all`, `errors` (answered 5xx) or `off`.
+    #[arg(long, env = "ACCESS_LOG", value_enum, default_value_t = AccessLog::All)]
+    pub access_log: AccessLog,
+
+    /// Time between CloudWatch EMF metric lines on stdout, at least 1s; `0` turns them off.
+    /// By default 60s on ECS (where `ECS_CONTAINER_METADATA_URI_V4` is set), off elsewhere.
+    #[arg(long, env = "METRICS_EMF_INTERVAL", value_parser = parse_emf_interval)]
+    pub metrics_emf_interval: Option<Duration>,
+
+    /// The CloudWatch namespace of the EMF metrics.
+    #[arg(long, env = "METRICS_EMF_NAMESPACE", default_value = crate::emf::DEFAULT_NAMESPACE, value_parser = parse_namespace)]
+    pub metrics_emf_namespace: String,
+}
+
+impl Telemetry {
+    /// The time between EMF lines, or `None` when they are off.
+    pub fn emf_interval(&self, listen: &Listen) -> Option<Duration> {
+        match self.metrics_emf_interval {
+            Some(interval) if interval.is_zero() => None,
+            Some(interval) => Some(interval),
+            None => listen
+                .ecs_metadata_uri
+                .as_ref()
+                .map(|_| Duration::from_secs(60)),
+        }
+    }
+}
+
+fn parse_emf_interval(value: &str) -> Result<Duration, String> {
+    let interval = parse_duration(value)?;
+    if !interval.is_zero() && interval < Duration::from_secs(1) {
+        return Err("at least 1s, or 0 for off".into());
+    }
+    Ok(interval)
+}
+
+/// A CloudWatch namespace: 1 to 255 ASCII characters without control characters, not starting
+/// with `:` (the API's pattern `[^:].*`) nor `AWS/` (reserved for AWS's own); see
+/// <https://docs.aws.amazon.com/AmazonCloudWatch/latest/APIReference/API_Metric.html> and
+/// <https://docs.aws.amazon.com/AmazonCloudWatch/latest/APIReference/API_PutMetricData.html>.
+fn parse_namespace(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.len() > 255 {
+        return Err("1 to 255 characters".into());
+    }
+    if !value
+        .bytes()
+        .all(|byte| byte.is_ascii() && !byte.is_ascii_control())
+    {
+        return Err("ASCII characters only, no control characters".into());
+    }
+    if value.starts_with(':') || value.starts_with("AWS/") {
+        return Err("must not start with ':' or 'AWS/'".into());
+    }
+    if value.trim().is_empty() {
+        return Err("must have a character other than spaces".into());
+    }
+    Ok(value.to_owned())
 }

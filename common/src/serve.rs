@@ -33,12 +33,14 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::Router;
+
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderMap, header};
 use hyper::body::{Frame, SizeHint};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
+use pin_project_lite::pin_project;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -50,6 +52,8 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::{Instant, Sleep};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
+
+use crate::request_log::RequestLogService;
 
 // === Limits and metrics ===
 
@@ -144,15 +148,17 @@ impl ConnectionMetrics {
 // === serve ===
 
 /// Serves `router` on `listener` within `limits` until `shutdown` completes and every
-/// in-flight request has been answered, or the shutdown deadline has passed.
+/// in-flight request has been answered, or the shutdown deadline has passed. `request_log`
+/// wraps the whole router once (a layer per route would box each route again).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    request_log: crate::RequestLog,
     shutdown: impl Future<Output = ()> + Send + 'static,
     limits: Limits,
     metrics: ConnectionMetrics,
 ) -> std::io::Result<()> {
-    let serving = Serving::new(router, limits, metrics.clone());
+    let serving = Serving::new(router, request_log, limits, metrics.clone());
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut table = Table::new(limits.max_connections, metrics.clone());
     let mut connections = JoinSet::new();
@@ -206,21 +212,26 @@ pub async fn serve(
 /// What each connection is served with.
 struct Serving {
     http: hyper::server::conn::http1::Builder,
-    router: Router,
+    service: RequestLogService<Router>,
     limits: Limits,
     metrics: ConnectionMetrics,
     graceful: GracefulShutdown,
 }
 
 impl Serving {
-    fn new(router: Router, limits: Limits, metrics: ConnectionMetrics) -> Self {
+    fn new(
+        router: Router,
+        request_log: crate::RequestLog,
+        limits: Limits,
+        metrics: ConnectionMetrics,
+    ) -> Self {
         let mut http = hyper::server::conn::http1::Builder::new();
         // The idle and head timeouts are the connection's own (`Guarded`): hyper's header
         // timer would start a boxed timer per request.
         http.header_read_timeout(None).keep_alive(true);
         Self {
             http,
-            router: with_tracing(router),
+            service: tower::Layer::layer(&request_log, with_tracing(router)),
             limits,
             metrics,
             graceful: GracefulShutdown::new(),
@@ -244,7 +255,7 @@ impl Serving {
             &self.limits,
             &self.metrics,
         ));
-        let service = answering(self.router.clone(), Arc::clone(&conn));
+        let service = answering(self.service.clone(), Arc::clone(&conn));
         let connection = self.graceful.watch(self.http.serve_connection(io, service));
         let open = Open::new(Arc::clone(&conn), self.metrics.open.clone(), slot);
         let task = connections.spawn(async move {
@@ -261,7 +272,7 @@ impl Serving {
 /// The router as a connection's service: the request's head is complete when it is called,
 /// and its answer is produced when the body it returns is dropped.
 fn answering(
-    router: Router,
+    service: RequestLogService<Router>,
     conn: Arc<Conn>,
 ) -> impl hyper::service::Service<
     Request<hyper::body::Incoming>,
@@ -273,29 +284,34 @@ fn answering(
         // The head is complete: the handler's time is not the client's to be slow in.
         conn.request_began();
         Answering {
-            // axum's `Router::poll_ready` is always ready, so it need not be called.
-            route: tower::Service::call(&mut router.clone(), request),
+            // The request layer and axum's `Router` are always ready, so `poll_ready` need
+            // not be called.
+            route: tower::Service::call(&mut service.clone(), request),
             conn: Some(Arc::clone(&conn)),
         }
     })
 }
 
-/// The router's future for one request; the answer it yields marks the connection `ANSWERED`
-/// when hyper drops the answer's body.
-struct Answering<F> {
-    route: F,
-    conn: Option<Arc<Conn>>,
+pin_project! {
+    /// The router's future for one request; the answer it yields marks the connection
+    /// `ANSWERED` when hyper drops the answer's body.
+    struct Answering<F> {
+        #[pin]
+        route: F,
+        conn: Option<Arc<Conn>>,
+    }
 }
 
 impl<F> Future for Answering<F>
 where
-    F: Future<Output = Result<axum::response::Response, Infallible>> + Unpin,
+    F: Future<Output = Result<axum::response::Response, Infallible>>,
 {
     type Output = Result<axum::http::Response<Answer>, Infallible>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Ok(response) = ready!(Pin::new(&mut self.route).poll(cx));
-        let conn = self.conn.take();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(response) = ready!(this.route.poll(cx));
+        let conn = this.conn.take();
         Poll::Ready(Ok(response.map(|body| Answer { body, conn })))
     }
 }

@@ -1,5 +1,6 @@
 //! The router and its handlers. Handlers see one [`Upstream`] in the state and nothing of
-//! discovery's insides.
+//! discovery's insides. `GET /` notes for the request's access line
+//! ([`common::request_log`]) the endpoint and attempts, or the kind of failure.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -10,7 +11,9 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
-use common::NameAnswer;
+use common::request_log::{note_error, note_upstream};
+use common::trace::TraceId;
+use common::{NameAnswer, TraceContext};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -65,6 +68,18 @@ impl AppState {
             unavailable,
             loops,
         }
+    }
+
+    /// The upstream the handlers call.
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    /// Every registered metric in the OpenMetrics text format, as `/metrics` serves it.
+    pub fn encode_metrics(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
     }
 }
 
@@ -154,14 +169,24 @@ async fn hello(State(state): State<AppState>, request: Request) -> Result<Respon
     }
     let json = common::wants_json(headers);
     drop(request);
+    let trace = common::request_log::current().unwrap_or_else(TraceContext::start);
     let reply = match state.upstream.call(NameAnswer::decode).await {
         Ok(reply) => reply,
         Err(error) => {
             state.unavailable.inc();
-            return Err(AppError { error, json });
+            // No attempt is made without an endpoint; the count of a failed call's attempts
+            // is in its message only.
+            let attempts = (error.kind() != "all_attempts_failed").then_some(0);
+            note_error(error.kind(), attempts);
+            return Err(AppError {
+                error,
+                json,
+                trace_id: trace.trace_id(),
+            });
         }
     };
     state.answered.inc();
+    note_upstream(reply.endpoint, reply.attempts);
     let answer = &reply.answer;
     // Built by hand: the formatting machinery costs more than the copies.
     let mut greeting = String::with_capacity(
@@ -219,9 +244,8 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, String) {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
-        Ok(()) => (
+    match state.encode_metrics() {
+        Ok(text) => (
             // prometheus-client writes the OpenMetrics text format (with `# EOF`).
             [(
                 header::CONTENT_TYPE,
@@ -238,16 +262,17 @@ async fn debug_endpoints(State(state): State<AppState>) -> Json<upstream::Report
     Json(state.upstream.report())
 }
 
-/// A request `hello` could not answer with a name: 503, with the reason in words, as text or
-/// JSON like the answer would have been. Turning it into a response has no side effect; the
-/// cause is logged once, by [`log_failures`].
+/// A request `hello` could not answer with a name: 503, with the reason in words and the
+/// request's trace id to quote, as text or JSON like the answer would have been. Turning it
+/// into a response has no side effect; the cause is logged once, by [`log_failure`].
 #[derive(Debug)]
 pub struct AppError {
     error: CallError,
     json: bool,
+    trace_id: TraceId,
 }
 
-/// The logged form of an [`AppError`], carried from the response to [`log_failures`].
+/// The logged form of an [`AppError`], carried from the response to [`log_failure`].
 #[derive(Debug, Clone)]
 struct Failure(Arc<str>);
 
@@ -255,15 +280,17 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = StatusCode::SERVICE_UNAVAILABLE;
         let why = self.error.chain();
+        let trace_id = self.trace_id.hex();
         let mut response = if self.json {
             let body = json!({
                 "error": self.error.kind(),
                 "message": why,
                 "service": self.error.name(),
+                "trace_id": trace_id.as_str(),
             });
             (status, Json(body)).into_response()
         } else {
-            (status, format!("{why}\n")).into_response()
+            (status, format!("{why}\ntrace_id: {trace_id}\n")).into_response()
         };
         response.extensions_mut().insert(Failure(why.into()));
         response

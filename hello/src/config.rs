@@ -49,6 +49,10 @@ pub struct Config {
     /// How to call: timeouts, retries, ejection.
     #[command(flatten)]
     pub calls: CallOptions,
+
+    /// The access log and the EMF metrics.
+    #[command(flatten)]
+    pub telemetry: common::Telemetry,
 }
 
 /// Where the `name` service is.

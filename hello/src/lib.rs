@@ -9,10 +9,12 @@
 //! - [`config`]: the settings, flags and variables, translated into the upstream's options.
 //! - `app`: the router and handlers; `server`: [`run`], which wires the two and serves on an
 //!   already-bound listener.
+//! - `emf`: hello's own metrics in the CloudWatch EMF lines (the upstream's counters).
 
 pub mod config;
 
 mod app;
+mod emf;
 mod server;
 
 pub use app::{AppState, app};

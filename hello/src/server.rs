@@ -6,6 +6,7 @@ use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use crate::emf::UpstreamMetrics;
 use crate::{AppState, Config, app};
 use upstream::Upstream;
 
@@ -25,12 +26,18 @@ pub async fn run(
     tracing::info!(%addr, %instance, service = %target.display_host(), record = %config.upstream.discovery_record, "hello is serving");
 
     let mut registry = Registry::with_prefix("hello");
-    let upstream = Upstream::start(target, config.options(identity.zone), &mut registry)?;
+    let upstream = Upstream::start(target, config.options(identity.zone.clone()), &mut registry)?;
     let connections = common::ConnectionMetrics::register(&mut registry);
-    let router = app(AppState::new(instance, upstream.clone(), registry));
+    let reporting =
+        common::Reporting::new(&config.telemetry, &config.listen, "hello", identity.zone);
+    let state = AppState::new(instance, upstream.clone(), registry);
+    let request_log = reporting.request_log();
+    let metrics = reporting.start(vec![Box::new(UpstreamMetrics::new(state.clone()))]);
+    let router = app(state);
     let serve = common::serve(
         listener,
         router,
+        request_log,
         shutdown,
         config.listen.limits(),
         connections,
@@ -40,6 +47,9 @@ pub async fn run(
     tokio::select! {
         served = serve => served.context("server failed")?,
         failed = upstream.failed() => return Err(failed),
+    }
+    if let Some(metrics) = metrics {
+        metrics.finish().await;
     }
     upstream.shutdown().await?;
     tracing::info!("stopped");

@@ -20,6 +20,10 @@ pub struct Config {
     /// TTL plus the callers' refresh delay.
     #[arg(long, env = "DRAIN_SECONDS", default_value_t = 0)]
     pub drain_seconds: u64,
+
+    /// The access log and the EMF metrics.
+    #[command(flatten)]
+    pub telemetry: common::Telemetry,
 }
 
 impl common::ServiceConfig for Config {

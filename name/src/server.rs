@@ -19,13 +19,18 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let instance = config.listen.instance_id().await;
+    let identity = config.listen.identity().await;
+    let instance = identity.instance;
     let addr = listener
         .local_addr()
         .context("listener has no local address")?;
     tracing::info!(%addr, %instance, drain_seconds = config.drain_seconds, "name is serving");
 
+    let reporting =
+        common::Reporting::new(&config.telemetry, &config.listen, "name", identity.zone);
     let state = AppState::new(instance);
+    let request_log = reporting.request_log();
+    let metrics = reporting.start(Vec::new());
     let drain = config.drain();
     let draining = state.clone();
     let stop = async move {
@@ -41,9 +46,19 @@ pub async fn run(
         tracing::info!("closing: finishing in-flight requests");
     };
     let limits = config.listen.limits();
-    common::serve(listener, app(state), stop, limits, Default::default())
-        .await
-        .context("server failed")?;
+    common::serve(
+        listener,
+        app(state),
+        request_log,
+        stop,
+        limits,
+        Default::default(),
+    )
+    .await
+    .context("server failed")?;
+    if let Some(metrics) = metrics {
+        metrics.finish().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

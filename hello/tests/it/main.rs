@@ -6,7 +6,9 @@
 
 mod cloudmap_server;
 mod dns_server;
+mod emf_spec;
 mod helpers;
+mod processes;
 
 // The `greeter` example, compiled into the tests so that they run it.
 #[path = "../../examples/greeter.rs"]
@@ -23,5 +25,6 @@ mod failover;
 mod front_door;
 mod hostile;
 mod membership;
+mod observability;
 mod responses;
 mod wire;

@@ -48,7 +48,7 @@ async fn get(state: &AppState, json: bool) -> (u16, String) {
 }
 
 /// Checks a 503 of `kind` in both forms: the text names the service and says `why`; the
-/// JSON has the kind, the service and the same message.
+/// JSON has the kind, the service and the same message; both carry a trace id.
 async fn assert_unavailable(state: &AppState, kind: &str, why: &str) {
     let (status, text) = get(state, false).await;
     assert_eq!(status, 503, "{text}");
@@ -62,8 +62,16 @@ async fn assert_unavailable(state: &AppState, kind: &str, why: &str) {
     assert_eq!(status, 503, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["error"], kind, "{body}");
-    assert_eq!(json["message"].as_str().unwrap(), text.trim_end(), "{body}");
+    let (message, trace) = text.trim_end().split_once('\n').unwrap();
+    assert_eq!(json["message"].as_str().unwrap(), message, "{body}");
     assert!(json["service"].is_string(), "{body}");
+    // Each answer names its own request's trace, for the user to quote.
+    let (text_trace, json_trace) = (trace.strip_prefix("trace_id: "), json["trace_id"].as_str());
+    assert!(text_trace.is_some_and(|id| id.len() == 32), "{text}");
+    assert!(
+        json_trace.is_some_and(|id| id.len() == 32 && Some(id) != text_trace),
+        "{body}"
+    );
 }
 
 #[tokio::test]
