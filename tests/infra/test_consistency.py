@@ -211,19 +211,11 @@ def test_target_group_health_path_is_a_hello_route():
     assert f'"{path}"' in rust_sources("hello/src"), f"hello/src routes no {path}"
 
 
-# Set by the templates as the observability contract names it (the EMF lines' namespace), and
-# read by the services' metrics code, which lands separately; until it does, the test skips the
-# variable for a service whose sources do not name it yet. Remove an entry once both read it.
-CONTRACT_VARIABLES_NOT_YET_READ = {"METRICS_EMF_NAMESPACE"}
-
-
 def test_environment_variables_are_ones_the_services_read():
     code = {s: rust_sources(f"{s}/src", "common/src") for s in ("name", "hello")}
     for service in ("name", "hello"):
         for variable in env(service):
             if variable == "RUST_LOG":  # read by tracing's EnvFilter, not by name in our code
-                continue
-            if variable in CONTRACT_VARIABLES_NOT_YET_READ and f'"{variable}"' not in code[service]:
                 continue
             assert f'"{variable}"' in code[service], f"{service} does not read {variable}"
 
