@@ -24,4 +24,5 @@ mod front_door;
 mod hostile;
 mod membership;
 mod responses;
+mod shutdown;
 mod wire;
