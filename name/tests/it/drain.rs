@@ -46,6 +46,7 @@ impl Name {
                 }
             }
         });
+        // Held before the address comes, so that the process is killed if it never does.
         let mut name = Self {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -57,6 +58,7 @@ impl Name {
         name
     }
 
+    /// Sends SIGTERM, as ECS does to stop a task.
     fn terminate(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
