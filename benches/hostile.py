@@ -3,7 +3,7 @@
 
 Run by hand after `cargo build --release --locked`; it reports, it asserts nothing:
 
-    python3 benches/hostile.py [--target-dir target]
+    python3 benches/hostile.py [--target-dir target] [--items 1,2,7]
 
 Everything listens on 127.0.0.x; dnsmasq (Debian) answers for name.internal where records
 are needed. Every loop is bounded in count and time, and every process started is killed on
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -341,10 +342,162 @@ def item5_and_6(hello_bin: Path, name_bin: Path) -> None:
         process.kill()
 
 
+def read_answer(connection: socket.socket) -> int:
+    """Reads one answer with a content-length; returns its status, 0 when the connection ends
+    before the answer does."""
+    received = b""
+    while True:
+        end = received.find(b"\r\n\r\n")
+        if end >= 0:
+            head = received[:end].decode("latin-1").lower().split("\r\n")
+            length = next((int(line.split(":", 1)[1]) for line in head
+                           if line.startswith("content-length:")), 0)
+            if len(received) >= end + 4 + length:
+                return int(head[0].split()[1])
+        chunk = connection.recv(4096)
+        if not chunk:
+            return 0
+        received += chunk
+
+
+def ask(connection: socket.socket, path: str) -> int:
+    connection.sendall(f"GET {path} HTTP/1.1\r\nHost: hello\r\n\r\n".encode())
+    return read_answer(connection)
+
+
+def flood(port: int, count: int, idle: bool, limit: float = 60.0) -> tuple[list[socket.socket], int]:
+    """Opens up to `count` connections within `limit` seconds that send nothing, or, when
+    `idle`, that each ask for /healthz once and then sit idle; returns them (hello may have
+    closed some since), and how many took a second or more to connect (a SYN dropped while the listen queue was full,
+    sent again after the kernel's first retransmission timeout)."""
+    held = []
+    retried = 0
+    deadline = time.monotonic() + limit
+    while len(held) < count and time.monotonic() < deadline:
+        try:
+            connecting = time.monotonic()
+            connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+            retried += time.monotonic() - connecting >= 0.9
+            connection.settimeout(10)
+            if idle and ask(connection, "/healthz") != 200:
+                connection.close()
+                continue
+            held.append(connection)
+        except OSError:
+            time.sleep(0.01)
+    return held, retried
+
+
+def real_client(port: int, requests: int = 60, every: float = 0.05) -> list[tuple[int, float]]:
+    """`requests` requests for `GET /`, one every `every` seconds (20 a second), each on a
+    connection of its own that stays open after its answer, as a load balancer opening
+    connections in a burst does. Returns each one's status (0 when it failed) and time."""
+    results: list[tuple[int, float]] = [(0, 30.0)] * requests
+    kept: list[socket.socket] = []
+
+    def one(i: int) -> None:
+        asked = time.monotonic()
+        try:
+            connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+            connection.settimeout(10)
+            kept.append(connection)
+            status = ask(connection, "/")
+        except OSError:
+            status = 0
+        results[i] = (status, time.monotonic() - asked)
+
+    threads = []
+    started = time.monotonic()
+    for i in range(requests):
+        time.sleep(max(0.0, started + i * every - time.monotonic()))
+        thread = threading.Thread(target=one, args=(i,), daemon=True)
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join(timeout=30)
+    for connection in kept:
+        connection.close()
+    return results
+
+
+def metric(port: int, name: str) -> int:
+    """The value of one series in hello's /metrics, -1 when it cannot be read."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            connection.settimeout(10)
+            connection.sendall(b"GET /metrics HTTP/1.1\r\nHost: hello\r\nConnection: close\r\n\r\n")
+            text = b""
+            while chunk := connection.recv(65536):
+                text += chunk
+    except OSError:
+        return -1
+    for line in text.decode("latin-1").splitlines():
+        if line.startswith(name + " "):
+            return int(float(line.split()[1]))
+    return -1
+
+
+def item7_flood(hello_bin: Path, name_bin: Path) -> None:
+    port = free_port("127.0.0.11")
+    live = [f"127.0.0.{11 + i}" for i in range(3)]
+    instances = names(name_bin, live, port)
+    dns = Dns(live)
+    print("7. connection flood past MAX_CONNECTIONS (1024, the default), 1100 connections held while "
+          "a real client sends 60 requests at 20/s, each on a new connection:")
+
+    def served(results: list[tuple[int, float]]) -> str:
+        latencies = [took * 1000 for _, took in results]
+        ok = sum(1 for code, _ in results if code == 200)
+        return (f"{ok} of {len(results)} requests answered 200; p50 {percentile(latencies, 0.5):.2f} ms, "
+                f"p99 {percentile(latencies, 0.99):.2f} ms, max {max(latencies):.1f} ms")
+
+    hello = Hello(hello_bin, {"NAME_SERVICE_URL": f"http://name.internal:{port}", "DNS_SERVER": dns.server})
+    for _ in range(20):
+        get(hello.port)
+    print(f"   no flood, the same client: {served(real_client(hello.port))}")
+    hello.stop()
+    for label, idle in [("silent", False), ("idle keep-alive", True)]:
+        # The header timeout would close silent connections after 5 s: a long one keeps the
+        # table full for the whole run, so that only shedding makes room.
+        hello = Hello(hello_bin, {"NAME_SERVICE_URL": f"http://name.internal:{port}", "DNS_SERVER": dns.server,
+                                  "HEADER_READ_TIMEOUT": "60s"})
+        for _ in range(20):
+            get(hello.port)
+        started = time.monotonic()
+        held, retried = flood(hello.port, 1100, idle)
+        opened_in = time.monotonic() - started
+        peak_fds = fds(hello.process.pid)
+        results = real_client(hello.port)
+        peak_fds = max(peak_fds, fds(hello.process.pid))
+        state = "idle" if idle else "silent"
+        shed = metric(hello.port, f'hello_connections_shed_total{{state="{state}"}}')
+        print(f"   {len(held)} {label} connections opened in {opened_in:.1f} s ({retried} connected only after "
+              f"a SYN retry): {served(results)}; {shed} {state} connections shed; hello peak {peak_fds} "
+              f"file descriptors")
+        for connection in held:
+            connection.close()
+        hello.stop()
+    dns.process.kill()
+    for process in instances:
+        process.kill()
+
+
+def raise_open_files(needed: int = 8192) -> None:
+    """Raises the soft limit of open files, for this process and the processes it starts, to
+    `needed` (within the hard limit): the flood holds 1,100 connections at each end."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--target-dir", default=str(ROOT / "target"))
+    parser.add_argument("--items", default="1,2,3,4,5,6,7",
+                        help="the numbered cases to run, comma-separated (5 and 6 run together)")
     args = parser.parse_args()
+    wanted = {item.strip() for item in args.items.split(",")}
     release = Path(args.target_dir) / "release"
     hello_bin, name_bin = release / "hello", release / "name"
     for binary in (hello_bin, name_bin):
@@ -352,12 +505,17 @@ def main() -> None:
             raise SystemExit(f"{binary} is missing: cargo build --release --locked first")
     if not shutil.which("dnsmasq"):
         raise SystemExit("dnsmasq is missing: apt-get install dnsmasq")
+    raise_open_files()
+    cases = [({"1"}, lambda: item1_endless(hello_bin)),
+             ({"2"}, lambda: item2_slow_clients(hello_bin)),
+             ({"3"}, lambda: item3_loop(hello_bin)),
+             ({"4"}, lambda: item4_dead_records(hello_bin, name_bin)),
+             ({"5", "6"}, lambda: item5_and_6(hello_bin, name_bin)),
+             ({"7"}, lambda: item7_flood(hello_bin, name_bin))]
     try:
-        item1_endless(hello_bin)
-        item2_slow_clients(hello_bin)
-        item3_loop(hello_bin)
-        item4_dead_records(hello_bin, name_bin)
-        item5_and_6(hello_bin, name_bin)
+        for numbers, run in cases:
+            if numbers & wanted:
+                run()
     finally:
         for process in PROCESSES:
             if process.poll() is None:

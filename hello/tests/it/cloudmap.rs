@@ -141,18 +141,46 @@ async fn twenty_instances_are_all_used_and_spread() {
 
 #[tokio::test]
 async fn a_deregistration_is_seen_within_one_poll() {
-    let setup = start(3, &[], |_| {}).await;
+    // No full call falls due during the test, so only a revision poll can show the change;
+    // and no call times out, so none is made twice.
+    let setup = start(3, &[], |options| {
+        options.cloudmap.full_interval = Duration::from_secs(3600);
+        options.cloudmap.timeout = Duration::from_secs(60);
+    })
+    .await;
     assert!(setup.known(3, Duration::from_secs(5)).await);
+    let full = setup.server.calls("DiscoverInstances");
 
-    let deregistered = Instant::now();
     setup.server.deregister("n1");
-    assert!(setup.known(2, Duration::from_secs(2)).await);
-    let seen_after = deregistered.elapsed();
+    let polls = setup.server.calls("DiscoverInstancesRevision");
+    // The first poll after the change sees the revision move, and its lookup asks for the
+    // full list and applies it before the next poll begins. So the polls are read first, then
+    // the set: n1 is gone by the time a second poll has been seen.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let polled = setup.server.calls("DiscoverInstancesRevision") - polls;
+        if setup.upstream.known_endpoints() == 2 {
+            break;
+        }
+        assert!(polled < 2, "n1 still known after {polled} polls");
+        assert!(
+            Instant::now() < deadline,
+            "no poll after the deregistration"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
-    // One poll, its jitter (a fifth at most) and the two calls.
-    assert!(seen_after < POLL * 3, "seen after {seen_after:?}");
+    // Once dropped, n1 is never called again; and polls that see no move ask for nothing
+    // more: the one full call is the one the moved revision asked for.
     let tally = setup.tally(30).await;
     assert!(!tally.contains_key("n1"), "{tally:?}");
+    let more_polls = eventually(Duration::from_secs(5), || {
+        let polled = setup.server.calls("DiscoverInstancesRevision");
+        async move { polled >= polls + 4 }
+    })
+    .await;
+    assert!(more_polls, "polling stopped");
+    assert_eq!(setup.server.calls("DiscoverInstances"), full + 1);
 }
 
 #[tokio::test]
@@ -196,14 +224,16 @@ async fn a_failing_api_before_any_answer_says_why() {
     let mut registry = Registry::default();
     let target = "http://name.internal:9".parse().unwrap();
     let upstream = Upstream::start(target, options(&server), &mut registry).unwrap();
+    // Until the first failure is recorded, a call finds discovery pending, not failing.
     assert!(
         eventually(Duration::from_secs(3), || {
-            let calls = server.calls("DiscoverInstancesRevision");
-            async move { calls > 0 }
+            let report = serde_json::to_value(upstream.report()).unwrap();
+            let failing = report["discovery"]["state"] == "failing";
+            async move { failing }
         })
-        .await
+        .await,
+        "the failing API was never reported"
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
 
     let err = upstream
         .call(common::NameAnswer::decode)
@@ -217,18 +247,32 @@ async fn a_failing_api_before_any_answer_says_why() {
 
 #[tokio::test]
 async fn a_health_flip_is_caught_by_the_periodic_full_call() {
-    let setup = start(3, &[], |_| {}).await;
+    // No call times out, so none is made twice.
+    let setup = start(3, &[], |options| {
+        options.cloudmap.timeout = Duration::from_secs(60);
+    })
+    .await;
     assert!(setup.known(3, Duration::from_secs(5)).await);
 
     setup.server.set_healthy("n2", false);
-    let flipped = Instant::now();
-    assert!(setup.known(2, Duration::from_secs(3)).await);
-
-    // The revision did not move: the full call, due every 500 ms, saw it.
-    assert!(flipped.elapsed() < Duration::from_millis(900));
-    assert!(
-        setup.server.calls("DiscoverInstancesRevision") > setup.server.calls("DiscoverInstances")
-    );
+    let full = setup.server.calls("DiscoverInstances");
+    // The revision does not move on a health change. The first full call after it, due every
+    // 500 ms, no longer lists n2, and its lookup applies the list before the next full call
+    // begins. So the full calls are read first, then the set: n2 is gone by the time a second
+    // full call has been seen.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let called = setup.server.calls("DiscoverInstances") - full;
+        if setup.upstream.known_endpoints() == 2 {
+            break;
+        }
+        assert!(called < 2, "n2 still known after {called} full calls");
+        assert!(
+            Instant::now() < deadline,
+            "no full call after the health flip"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]

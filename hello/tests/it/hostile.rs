@@ -77,41 +77,61 @@ async fn slow_clients_are_closed_once_the_header_timeout_passes() {
 
 #[tokio::test]
 async fn idle_connections_close_after_the_idle_timeout_and_answers_push_it_back() {
-    let cluster = Cluster::new(1)
-        .configure(|config| config.listen.idle_timeout = ms(400))
-        .start()
-        .await;
-    let addr = cluster.hello.addr();
+    const IDLE: Duration = Duration::from_secs(1);
+    // The header timeout is out of reach: only the idle timeout can close a silent connection.
+    let mut config = hello_config();
+    config.listen.idle_timeout = IDLE;
+    config.listen.header_read_timeout = Duration::from_secs(60);
+    config.upstream.name_service_url = "http://127.0.0.1:9".parse().unwrap();
+    let hello = Hello::start(config).await;
+    let addr = hello.addr();
     let request = b"GET /healthz HTTP/1.1\r\nhost: hello\r\n\r\n";
+    let opened = tokio::time::Instant::now();
     let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let silent = tokio::spawn(async move {
+        let mut rest = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut rest)).await;
+        (read.map(Result::ok), opened.elapsed())
+    });
     let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let started = tokio::time::Instant::now();
 
-    // `busy` asks every 200 ms for a second: each answer starts its idle time again.
+    // `busy` asks every 50 ms for two and a half idle timeouts: each answer starts its idle
+    // time again, so it is never idle for long enough to be closed.
     let mut answer = [0u8; 1024];
-    for _ in 0..5 {
+    let mut last_sent = opened;
+    let mut asked = 0;
+    while opened.elapsed() < IDLE * 5 / 2 && asked < 100 {
+        last_sent = tokio::time::Instant::now();
         busy.write_all(request).await.unwrap();
-        let read = busy.read(&mut answer).await.unwrap();
-        assert!(
-            answer[..read].starts_with(b"HTTP/1.1 200"),
-            "busy connection closed"
-        );
-        tokio::time::sleep(ms(200)).await;
+        let mut received = Vec::new();
+        while !received.ends_with(b"\r\n\r\nok") {
+            let read = busy.read(&mut answer).await.unwrap_or(0);
+            assert!(
+                read > 0,
+                "busy connection closed after {asked} answers, {:?} after it opened",
+                opened.elapsed()
+            );
+            received.extend_from_slice(&answer[..read]);
+        }
+        assert!(received.starts_with(b"HTTP/1.1 200"));
+        asked += 1;
+        tokio::time::sleep(ms(50)).await;
     }
-    let busy_for = started.elapsed();
-    let silent_read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut answer)).await;
-    let busy_read = tokio::time::timeout(Duration::from_secs(5), busy.read(&mut answer)).await;
+    let busy_read = tokio::time::timeout(Duration::from_secs(10), busy.read(&mut answer)).await;
+    let busy_idle_for = last_sent.elapsed();
+    let (silent_read, silent_open_for) = silent.await.unwrap();
 
-    assert!(busy_for >= ms(1000), "{busy_for:?}");
-    assert_eq!(
-        silent_read.expect("silent connection left open").ok(),
-        Some(0)
-    );
+    // Closed, and neither before its idle time was up (a lower bound that a slow machine
+    // only makes longer; the deadlines above are the upper bound).
     assert_eq!(busy_read.expect("idle connection left open").ok(), Some(0));
     assert!(
-        started.elapsed() < busy_for + Duration::from_secs(2),
-        "closed late: {:?}",
-        started.elapsed()
+        busy_idle_for >= IDLE,
+        "closed {busy_idle_for:?} after its last request"
+    );
+    assert_eq!(silent_read.expect("silent connection left open"), Some(0));
+    assert!(
+        silent_open_for >= IDLE,
+        "silent connection closed after {silent_open_for:?}"
     );
 }
 

@@ -27,4 +27,5 @@ mod hostile;
 mod membership;
 mod observability;
 mod responses;
+mod shutdown;
 mod wire;
