@@ -67,9 +67,7 @@ where
     let result = async {
         let shutdown = crate::shutdown::signal();
         let addr = cli.config.listen().addr();
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
+        let listener = listen(addr).with_context(|| format!("cannot listen on {addr}"))?;
         serve(cli.config, listener, shutdown).await
     };
     match result.await {
@@ -78,5 +76,49 @@ where
             tracing::error!(error = format!("{err:#}"), "{name} failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Connections the kernel queues before the server accepts them. tokio's `bind` asks for
+/// std's 128: a burst of new connections (an ALB scaling out, or a flood the server is
+/// shedding) overflows that, and each dropped SYN costs its client a second's retransmit.
+/// The kernel caps the value at `net.core.somaxconn` (4096 on current kernels).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A listener on `addr` with [`LISTEN_BACKLOG`].
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std and tokio do: a restarted server can bind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn the_kernel_queues_a_burst_of_connections_beyond_stds_128() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Nothing accepts: every connection waits in the backlog. With std's 128, the SYNs past
+        // it are dropped and these connects time out.
+        let connected = tokio::task::spawn_blocking(move || {
+            (0..400)
+                .map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)))
+                .filter_map(Result::ok)
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+        assert_eq!(connected.len(), 400);
+        drop(listener);
     }
 }
