@@ -319,7 +319,7 @@ async fn exchange(
             Parsed::Complete(head, len) => break (head, start + len),
             Parsed::Interim(len) => start += len,
             Parsed::Partial if conn.buf.len() >= MAX_HEAD_BYTES => {
-                return Err(WireError::HeadTooLarge.into());
+                return Err(WireError::HeadTooLarge(MAX_HEAD_BYTES).into());
             }
             Parsed::Partial => {
                 conn.read().await?;
