@@ -3,7 +3,7 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -139,6 +139,14 @@ fn push_json_str(out: &mut Vec<u8>, value: &str) {
     }
 }
 
+/// What hello asks `name`: `GET /` with `Accept: application/json`, built and checked once.
+static NAME_REQUEST: LazyLock<upstream::Request> = LazyLock::new(|| {
+    // A constant path and header, which pass the checks: this cannot fail.
+    upstream::Request::get("/")
+        .and_then(|request| request.with_header(header::ACCEPT, "application/json"))
+        .expect("a constant, valid request")
+});
+
 /// `GET /`. Takes the request whole: the `HeaderMap` extractor would clone the headers.
 async fn hello(State(state): State<AppState>, request: Request) -> Result<Response, AppError> {
     let headers = request.headers();
@@ -154,7 +162,8 @@ async fn hello(State(state): State<AppState>, request: Request) -> Result<Respon
     }
     let json = common::wants_json(headers);
     drop(request);
-    let reply = match state.upstream.call(NameAnswer::decode).await {
+    let decode = |answer: upstream::Answer<'_>| NameAnswer::decode(answer.body());
+    let reply = match state.upstream.call(&NAME_REQUEST, decode).await {
         Ok(reply) => reply,
         Err(error) => {
             state.unavailable.inc();

@@ -90,7 +90,7 @@ impl Setup {
 
     pub async fn call(&self) -> Result<String, String> {
         self.upstream
-            .call(common::NameAnswer::decode)
+            .call(&crate::helpers::name_request(), crate::helpers::decode_name)
             .await
             .map(|reply| reply.answer.instance)
             .map_err(|err| chain(&err))
@@ -206,7 +206,7 @@ async fn a_failing_api_before_any_answer_says_why() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let err = upstream
-        .call(common::NameAnswer::decode)
+        .call(&crate::helpers::name_request(), crate::helpers::decode_name)
         .await
         .map(|_| ())
         .unwrap_err();
@@ -353,7 +353,10 @@ async fn a_query_pins_the_instances_of_one_family() {
         .await
     );
 
-    let reply = upstream.call(common::NameAnswer::decode).await.unwrap();
+    let reply = upstream
+        .call(&crate::helpers::name_request(), crate::helpers::decode_name)
+        .await
+        .unwrap();
 
     assert_eq!(reply.answer.instance, "n3");
 }

@@ -142,7 +142,7 @@ impl Prober {
 /// connection closes with the answer rather than going back to the pool half-read.
 async fn probe(endpoint: &Endpoint, timeout: Duration) -> bool {
     matches!(
-        tokio::time::timeout(timeout, endpoint.pool().send(endpoint.probe_head(), None, Instant::now())).await,
+        tokio::time::timeout(timeout, endpoint.pool().send(&endpoint.probe_request(), None, Instant::now())).await,
         Ok(Ok(answer)) if answer.status().is_success()
     )
 }
