@@ -12,8 +12,8 @@ mod cloudmap_server;
 mod dns_server;
 mod helpers;
 
-// The `greeter` example, compiled into the tests so that they run it.
-#[path = "../../examples/greeter.rs"]
+// The upstream crate's `greeter` example, compiled into the tests so that they run it.
+#[path = "../../../upstream/examples/greeter.rs"]
 #[allow(dead_code)]
 mod greeter;
 

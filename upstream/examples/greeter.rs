@@ -3,7 +3,7 @@
 //! the connection's buffer.
 //!
 //! ```text
-//! NAME_SERVICE_URL=http://name.internal:3000 cargo run --example greeter
+//! NAME_SERVICE_URL=http://name.internal:3000 cargo run -p upstream --example greeter
 //! curl localhost:8080/greet
 //! ```
 
