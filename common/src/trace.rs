@@ -159,6 +159,11 @@ impl TraceId {
     pub fn hex(&self) -> Ascii<32> {
         to_hex(self.0.get())
     }
+
+    /// The 16 bytes, most significant first, as the hex digits read.
+    pub fn to_bytes(&self) -> [u8; 16] {
+        self.0.get().to_be_bytes()
+    }
 }
 
 impl fmt::Display for TraceId {

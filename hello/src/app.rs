@@ -4,7 +4,7 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use common::request_log::{note_error, note_upstream};
-use common::trace::TraceId;
+use common::trace::{AmznRoot, TraceId};
 use common::{NameAnswer, TraceContext};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -154,6 +154,29 @@ fn push_json_str(out: &mut Vec<u8>, value: &str) {
     }
 }
 
+/// What hello asks `name`: `GET /` with `Accept: application/json`, built and checked once.
+static NAME_REQUEST: LazyLock<upstream::Request> = LazyLock::new(|| {
+    // A constant path and header, which pass the checks: this cannot fail.
+    upstream::Request::get("/")
+        .and_then(|request| request.with_header(header::ACCEPT, "application/json"))
+        .expect("a constant, valid request")
+});
+
+/// The trace of this request as the upstream sends it on: the same trace id, sampled flag and
+/// X-Ray root (the ALB's, or the trace id in X-Ray's form), each attempt with a parent id of
+/// its own.
+fn upstream_trace(trace: &TraceContext) -> Option<upstream::TraceContext> {
+    let trace_id = trace.trace_id();
+    let root = trace.amzn_root().unwrap_or(AmznRoot::of(trace_id));
+    // A `TraceId` is never zero, and an `AmznRoot` is always `1-<8 hex>-<24 hex>`.
+    let context = upstream::TraceContext::new(trace_id.to_bytes(), trace.sampled()).ok()?;
+    Some(
+        context
+            .with_amzn_root(root.text().as_str())
+            .unwrap_or(context),
+    )
+}
+
 /// `GET /`. Takes the request whole: the `HeaderMap` extractor would clone the headers.
 async fn hello(State(state): State<AppState>, request: Request) -> Result<Response, AppError> {
     let headers = request.headers();
@@ -170,7 +193,12 @@ async fn hello(State(state): State<AppState>, request: Request) -> Result<Respon
     let json = common::wants_json(headers);
     drop(request);
     let trace = common::request_log::current().unwrap_or_else(TraceContext::start);
-    let reply = match state.upstream.call(NameAnswer::decode).await {
+    let decode = |answer: upstream::Answer<'_>| NameAnswer::decode(answer.body());
+    let mut call = NAME_REQUEST.clone();
+    if let Some(upstream_trace) = upstream_trace(&trace) {
+        call = call.with_trace(upstream_trace);
+    }
+    let reply = match state.upstream.call(&call, decode).await {
         Ok(reply) => reply,
         Err(error) => {
             state.unavailable.inc();

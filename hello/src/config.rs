@@ -13,7 +13,7 @@ use common::config::parse_duration;
 
 use upstream::{
     CloudMapOptions, EjectionPolicy, HedgePolicy, Options, ProbeKind, ProbePolicy, RecordKind,
-    RetryPolicy, Source, Target, TtlBounds, ZonePolicy,
+    RetryPolicy, Source, StatusPolicy, Target, TtlBounds, ZonePolicy,
 };
 
 /// The name hello gives itself in the `Via` header of its calls (RFC 9110 section 7.6.3); a
@@ -332,6 +332,9 @@ impl From<&Config> for Options {
                 max_delay: calls.hedge_max_delay,
             },
             max_answer_bytes: calls.max_answer_bytes as usize,
+            // hello's request carries no user input: any status but 2xx says something about
+            // the instance (a reused task address answering 404), and is tried elsewhere.
+            answers: StatusPolicy::SuccessOnly,
             via: Some(format!("1.1 {VIA_PSEUDONYM}")),
             ..Options::default()
         }

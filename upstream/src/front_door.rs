@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use bytes::Bytes;
 use futures_util::Stream;
 use http::header::HeaderValue;
 use prometheus_client::registry::Registry;
@@ -17,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tower::discover::Change;
 
-use crate::call::{CallError, CallOptions, Caller, DecodeError, Reply};
+use crate::call::{Answer, CallError, CallOptions, Caller, DecodeError, Reply, Request};
 use crate::discover::LocalZone;
 use crate::discovery::{CloudMap, CloudMapOptions, Dns, Membership};
 use crate::endpoints::{
@@ -74,7 +75,7 @@ impl Upstream {
             .context("the Via value is not a valid header value")?;
         let set = Arc::new(EndpointSet::new(
             options.ejection,
-            Requests::new(options.probe.kind.path().unwrap_or("/"), via),
+            Requests::new(options.probe.kind.path().unwrap_or("/"), via.as_ref()),
             pool_builder(&options),
         ));
         set.register_metrics(registry);
@@ -87,6 +88,7 @@ impl Upstream {
         let call_options = CallOptions {
             retry: options.retry,
             hedge: options.hedge,
+            answers: options.answers,
             max_answer_bytes: options.max_answer_bytes,
         };
         let caller = Caller::new(
@@ -108,16 +110,41 @@ impl Upstream {
         })
     }
 
-    /// Calls the upstream's `GET /` (with `Accept: application/json`) and decodes the answer
-    /// with `decode`; an answer that does not decode is a failed attempt, retried elsewhere.
+    /// Sends `request` to one endpoint after another until one answers (with retries, hedges,
+    /// ejection and the retry budget), and hands the answer to `decode` where it lies in the
+    /// connection's buffer: nothing is copied unless the decoder copies it. An answer that
+    /// does not decode is a failed attempt, retried elsewhere when the request may be sent
+    /// again. Which statuses reach the decoder is the upstream's [`StatusPolicy`](crate::StatusPolicy).
+    ///
+    /// ```no_run
+    /// # async fn example(upstream: upstream::Upstream) -> anyhow::Result<()> {
+    /// use upstream::Request;
+    ///
+    /// let request = Request::get("/")?.with_header("accept", "application/json")?;
+    /// let reply = upstream
+    ///     .call(&request, |answer| std::str::from_utf8(answer.body()).map(str::to_owned))
+    ///     .await?;
+    /// println!("{} answered {}", reply.endpoint, reply.answer);
+    /// # Ok(()) }
+    /// ```
     pub async fn call<T, E>(
         &self,
-        decode: impl Fn(&[u8]) -> Result<T, E>,
+        request: &Request,
+        decode: impl Fn(Answer<'_>) -> Result<T, E>,
     ) -> Result<Reply<T>, CallError>
     where
         E: Into<DecodeError>,
     {
-        self.inner.caller.call(decode).await
+        self.inner.caller.call(request, decode).await
+    }
+
+    /// Sends `request` as [`Upstream::call`] does, and returns the answer copied out:
+    /// status, headers and body.
+    pub async fn send(&self, request: &Request) -> Result<Reply<http::Response<Bytes>>, CallError> {
+        self.call(request, |answer| {
+            Ok::<_, std::convert::Infallible>(answer.to_response())
+        })
+        .await
     }
 
     /// The usable endpoints as a `tower::discover::Discover` stream, for tonic's balanced

@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::uri::PathAndQuery;
 use url::Url;
 
-use crate::call::{HedgePolicy, RetryPolicy};
+use crate::call::{HedgePolicy, RetryPolicy, StatusPolicy};
 use crate::discovery::CloudMapOptions;
 use crate::endpoints::{EjectionPolicy, ProbeKind, ProbePolicy};
 use crate::lookup::{RecordKind, TtlBounds};
@@ -143,8 +143,11 @@ pub struct Options {
     pub connect_timeout: Duration,
     /// How long an unused connection to an instance stays open.
     pub idle_timeout: Duration,
-    /// Most bytes read from one answer; a longer answer is a failed attempt.
+    /// Most bytes of one answer's body (decoded, for a chunked body); a longer answer is a
+    /// failed attempt. The head has its own bound, 64 KiB.
     pub max_answer_bytes: usize,
+    /// Which statuses are answers for the caller and which fail the attempt.
+    pub answers: StatusPolicy,
     /// Attempts, timeouts, which failures are retried, and the retry budget.
     pub retry: RetryPolicy,
     /// When failing endpoints are ejected, and for how long at least.
@@ -175,6 +178,7 @@ impl Default for Options {
             connect_timeout: Duration::from_millis(250),
             idle_timeout: Duration::from_secs(30),
             max_answer_bytes: 4096,
+            answers: StatusPolicy::default(),
             retry: RetryPolicy::default(),
             ejection: EjectionPolicy::default(),
             probe: ProbePolicy::default(),

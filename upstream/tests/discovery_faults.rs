@@ -252,7 +252,9 @@ impl Setup {
     async fn call(&self) -> Result<String, CallError> {
         let reply = self
             .upstream
-            .call(|body| std::str::from_utf8(body).map(str::to_owned))
+            .call(&get(), |answer| {
+                std::str::from_utf8(answer.body()).map(str::to_owned)
+            })
             .await?;
         Ok(reply.answer)
     }
@@ -759,7 +761,9 @@ async fn start_cloudmap(api: &CloudMapApi, port: u16) -> (Upstream, Registry) {
 
 async fn call(upstream: &Upstream) -> Result<String, CallError> {
     let reply = upstream
-        .call(|body| std::str::from_utf8(body).map(str::to_owned))
+        .call(&get(), |answer| {
+            std::str::from_utf8(answer.body()).map(str::to_owned)
+        })
         .await?;
     Ok(reply.answer)
 }
@@ -838,4 +842,9 @@ async fn cloudmap_instances_without_a_usable_address_beside_good_ones_are_left_o
         format!("i{}", ips[0].octets()[3])
     );
     assert_eq!(broken_lookups(&registry), 0);
+}
+
+/// `GET /`, what every call here asks.
+fn get() -> upstream::Request {
+    upstream::Request::get("/").unwrap()
 }

@@ -5,7 +5,7 @@
 // Helpers outside `#[test]` functions panic on a broken test environment, as tests do.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../hello/tests/it/dns_server.rs"]
+#[path = "support/dns_server.rs"]
 #[allow(dead_code)]
 mod dns_server;
 #[path = "../examples/grpc.rs"]

@@ -63,7 +63,11 @@ pub async fn start(count: u8, zones: &[&str], change: impl FnOnce(&mut Options))
     let server = CloudMapServer::start("internal", "name").await;
     let names = name_instances(count);
     for (i, name) in names.iter().enumerate() {
-        server.register(name, zones.get(i % zones.len().max(1)).copied());
+        server.register(
+            &name.id,
+            name.addr,
+            zones.get(i % zones.len().max(1)).copied(),
+        );
     }
     let mut options = options(&server);
     change(&mut options);
@@ -90,7 +94,7 @@ impl Setup {
 
     pub async fn call(&self) -> Result<String, String> {
         self.upstream
-            .call(common::NameAnswer::decode)
+            .call(&crate::helpers::name_request(), crate::helpers::decode_name)
             .await
             .map(|reply| reply.answer.instance)
             .map_err(|err| chain(&err))
@@ -236,7 +240,7 @@ async fn a_failing_api_before_any_answer_says_why() {
     );
 
     let err = upstream
-        .call(common::NameAnswer::decode)
+        .call(&crate::helpers::name_request(), crate::helpers::decode_name)
         .await
         .map(|_| ())
         .unwrap_err();
@@ -378,9 +382,9 @@ async fn an_even_spread_keeps_every_call_in_the_zone() {
 async fn a_query_pins_the_instances_of_one_family() {
     let server = CloudMapServer::start("internal", "name").await;
     let names = name_instances(3);
-    server.register(&names[0], None);
-    server.register(&names[1], None);
-    server.register_family(&names[2], None, "name-canary");
+    server.register(&names[0].id, names[0].addr, None);
+    server.register(&names[1].id, names[1].addr, None);
+    server.register_family(&names[2].id, names[2].addr, None, "name-canary");
     let mut options = options(&server);
     options.cloudmap.query = [(
         "ECS_TASK_DEFINITION_FAMILY".to_owned(),
@@ -397,7 +401,10 @@ async fn a_query_pins_the_instances_of_one_family() {
         .await
     );
 
-    let reply = upstream.call(common::NameAnswer::decode).await.unwrap();
+    let reply = upstream
+        .call(&crate::helpers::name_request(), crate::helpers::decode_name)
+        .await
+        .unwrap();
 
     assert_eq!(reply.answer.instance, "n3");
 }
@@ -419,7 +426,7 @@ async fn the_binary_finds_the_api_through_the_standard_variables() {
     let server = CloudMapServer::start("internal", "name").await;
     let names = name_instances(2);
     for name in &names {
-        server.register(name, None);
+        server.register(&name.id, name.addr, None);
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -1,5 +1,5 @@
 //! The front door used as another service would: the `greeter` example's router, over a
-//! cluster, with nothing from hello but `hello::upstream`.
+//! cluster of `name` instances, with nothing from hello.
 
 use axum::body::{Body, to_bytes};
 use axum::http::Request;
@@ -30,6 +30,7 @@ async fn another_service_calls_name_through_the_front_door() {
     assert!(ready, "the upstream found no endpoints");
 
     let response = greeter::router(upstream.clone())
+        .unwrap()
         .oneshot(Request::get("/greet").body(Body::empty()).unwrap())
         .await
         .unwrap();

@@ -116,6 +116,20 @@ pub fn ips(instances: &[NameInstance]) -> Vec<Ipv4Addr> {
         .collect()
 }
 
+/// What hello asks `name`, for tests that call through the front door: `GET /` with
+/// `Accept: application/json`.
+pub fn name_request() -> upstream::Request {
+    upstream::Request::get("/")
+        .unwrap()
+        .with_header("accept", "application/json")
+        .unwrap()
+}
+
+/// Decodes `name`'s answer as hello does.
+pub fn decode_name(answer: upstream::Answer<'_>) -> Result<common::NameAnswer, String> {
+    common::NameAnswer::decode(answer.body())
+}
+
 /// Polls `check` every 20 ms until it holds, for at most `limit`; returns whether it did.
 pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
 where

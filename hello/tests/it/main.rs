@@ -4,14 +4,18 @@
 // Helpers outside `#[test]` functions panic on a broken test environment, as tests do.
 #![allow(clippy::unwrap_used)]
 
+// The test DNS server and the fake Cloud Map API, one copy shared with the upstream crate's
+// tests.
+#[path = "../../../upstream/tests/support/cloudmap_server.rs"]
 mod cloudmap_server;
+#[path = "../../../upstream/tests/support/dns_server.rs"]
 mod dns_server;
 mod emf_spec;
 mod helpers;
 mod processes;
 
-// The `greeter` example, compiled into the tests so that they run it.
-#[path = "../../examples/greeter.rs"]
+// The upstream crate's `greeter` example, compiled into the tests so that they run it.
+#[path = "../../../upstream/examples/greeter.rs"]
 #[allow(dead_code)]
 mod greeter;
 

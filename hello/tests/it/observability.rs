@@ -25,21 +25,14 @@ struct Followed {
     name_line: Value,
 }
 
-/// Sends `GET /` with `headers` to hello and finds its access line by the trace id hello
-/// answered with; then finds name's access line for a request carrying `headers` as well.
-///
-/// While hello's calls do not carry the trace onward, name's line is that of a request sent
-/// to name directly with `headers`. Once they do, name's line is found by hello's trace id
-/// (`name.access_line(&trace_id)`) and the direct request goes.
+/// Sends `GET /` with `headers` to hello and finds both services' access lines by the trace
+/// id hello answered with: hello's call to name carries the trace on.
 async fn follow(hello: &Process, name: &Process, headers: &[(&str, &str)]) -> Followed {
     let (status, answered, body) = get(hello.addr, "/", headers).await;
     assert_eq!(status, 200, "{body}");
     let trace_id = answered_trace(&answered);
     let hello_line = hello.access_line(&trace_id);
-
-    let (status, answered, _) = get(name.addr, "/", headers).await;
-    assert_eq!(status, 200);
-    let name_line = name.access_line(&answered_trace(&answered));
+    let name_line = name.access_line(&trace_id);
     Followed {
         trace_id,
         hello_line,

@@ -1,8 +1,12 @@
 //! One call to the upstream, made of attempts. Each attempt goes to an endpoint the picker
 //! chooses, with its own timeout inside the call's deadline; what a failed attempt means
-//! (retry elsewhere? count against the endpoint?) is the [`RetryPolicy`]'s to say. The answer
-//! is read up to a bound and handed to the caller's decoder; an answer that does not decode is
-//! a failed attempt like any other.
+//! (retry elsewhere? count against the endpoint?) is the [`RetryPolicy`]'s to say, and whether
+//! the request may be sent again is the request's ([`Request::is_replayable`]): a request that
+//! may have reached a server is repeated only when it is idempotent. The answer is read up to
+//! a bound and handed to the caller's decoder; an answer that does not decode is a failed
+//! attempt like any other.
+//!
+//! The first call after start waits for discovery's first answer, within its deadline.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -13,11 +17,15 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
+use super::answer::Answer;
 use super::deadline::{bounded, timed_out};
-use super::error::{AttemptError, CallError, DecodeError, Failure, NoEndpoints, Stopped};
+use super::error::{AttemptError, CallError, DecodeError, Failure, NoEndpoints, Stopped, chain};
 use super::latency::{HedgePolicy, Latency};
 use super::metrics::CallMetrics;
+use super::request::Request;
 use super::retry::{RetryBudget, RetryPolicy};
+use super::status::StatusPolicy;
+use super::trace::SpanId;
 use crate::endpoints::{Cause, Discovery, Endpoint, EndpointSet, Recorded, Snapshot};
 use crate::select::{ZoneRouting, pick};
 
@@ -31,8 +39,23 @@ pub struct Reply<T> {
     pub answer: T,
     /// The endpoint that answered.
     pub endpoint: SocketAddr,
-    /// Attempts made, the successful one included.
+    /// Attempts made, the successful one included (a hedge is an attempt).
     pub attempts: u32,
+    /// The parent id the answering attempt sent in `traceparent`, when the call carried a
+    /// [`TraceContext`](crate::TraceContext): the span to look for in the upstream's logs.
+    pub parent_id: Option<SpanId>,
+}
+
+impl<T> Reply<T> {
+    /// The reply of the attempt that answered `answer`, after `progress`'s attempts.
+    fn new(answer: T, attempt: Launched<'_>, progress: &Progress<'_>) -> Self {
+        Self {
+            answer,
+            endpoint: attempt.endpoint.addr(),
+            attempts: progress.tried.len() as u32,
+            parent_id: attempt.parent,
+        }
+    }
 }
 
 /// Calls the upstream across its endpoints.
@@ -44,6 +67,7 @@ pub struct Caller {
     pub(super) budget: RetryBudget,
     pub(super) latency: Latency,
     pub(super) metrics: CallMetrics,
+    pub(super) answers: StatusPolicy,
     pub(super) max_answer_bytes: usize,
 }
 
@@ -54,7 +78,9 @@ pub struct CallOptions {
     pub retry: RetryPolicy,
     /// When a second attempt races a slow first one.
     pub hedge: HedgePolicy,
-    /// Most bytes read from one answer.
+    /// Which statuses are answers.
+    pub answers: StatusPolicy,
+    /// Most bytes read from one answer's body.
     pub max_answer_bytes: usize,
 }
 
@@ -88,18 +114,37 @@ impl Tried {
     }
 }
 
-/// One call's progress: the snapshot it picks from, the endpoints tried, its deadline.
+/// One call's progress: its request, the snapshot it picks from, the endpoints tried, its
+/// deadline.
 pub(super) struct Progress<'s> {
+    pub(super) request: &'s Request,
     pub(super) snapshot: &'s Snapshot,
     pub(super) tried: Tried,
     pub(super) deadline: Instant,
     pub(super) max_attempts: usize,
 }
 
-/// The attempt a call goes on with: its endpoint, its timeout and how it ended.
-pub(super) struct Finished<'s, T> {
+/// An attempt under way: its endpoint, its timeout and the parent id it sent.
+#[derive(Clone, Copy)]
+pub(super) struct Launched<'s> {
     pub(super) endpoint: &'s Arc<Endpoint>,
     pub(super) timeout: Duration,
+    pub(super) parent: Option<SpanId>,
+}
+
+impl<'s> Launched<'s> {
+    /// The attempt, ended with `result`.
+    pub(super) fn finish<T>(self, result: Result<T, AttemptError>) -> Finished<'s, T> {
+        Finished {
+            attempt: self,
+            result,
+        }
+    }
+}
+
+/// The attempt a call goes on with, and how it ended.
+pub(super) struct Finished<'s, T> {
+    pub(super) attempt: Launched<'s>,
     pub(super) result: Result<T, AttemptError>,
 }
 
@@ -121,6 +166,7 @@ impl Caller {
             policy: options.retry,
             latency: Latency::new(options.hedge),
             metrics: CallMetrics::register(registry),
+            answers: options.answers,
             max_answer_bytes: options.max_answer_bytes,
         }
     }
@@ -130,28 +176,29 @@ impl Caller {
         &self.name
     }
 
-    /// Calls until an attempt succeeds or attempts, deadline or budget run out.
+    /// Calls with `request` until an attempt succeeds or attempts, deadline or budget run
+    /// out, or the last failure may not be repeated; each answer goes to `decode`. One
+    /// function, so that the call's future holds its state once.
     pub async fn call<T, E>(
         &self,
-        decode: impl Fn(&[u8]) -> Result<T, E>,
+        request: &Request,
+        decode: impl Fn(Answer<'_>) -> Result<T, E>,
     ) -> Result<Reply<T>, CallError>
     where
         E: Into<DecodeError>,
     {
         let started = Instant::now();
         self.budget.deposit();
-        let snapshot = self.set.snapshot();
-        if snapshot.endpoints.is_empty() {
-            return Err(self.no_endpoints(&snapshot.discovery));
-        }
+        let deadline = self.deadline(request, started);
+        let (snapshot, started) = self.endpoints_by(started, deadline).await?;
         let mut progress = Progress {
+            request,
             snapshot: &snapshot,
             tried: Tried::new(),
-            deadline: started + self.policy.request_timeout,
+            deadline,
             max_attempts: (self.policy.max_attempts as usize).min(MAX_TRIED),
         };
-        let mut last = None;
-        let mut stopped = Stopped::Exhausted;
+        let (mut last, mut stopped) = (None, Stopped::Exhausted);
         while progress.tried.len() < progress.max_attempts {
             let now = if progress.tried.len() == 0 {
                 started
@@ -166,28 +213,57 @@ impl Caller {
                     break;
                 }
             };
-            let finished = self
+            let Finished { attempt, result } = self
                 .attempt_or_hedge(endpoint, now, &mut progress, &decode)
                 .await;
-            match finished.result {
-                Ok(answer) => {
-                    return Ok(Reply {
-                        answer,
-                        endpoint: finished.endpoint.addr(),
-                        attempts: progress.tried.len() as u32,
-                    });
-                }
-                Err(err) => {
-                    let retry = self.settle(finished.endpoint, &err, finished.timeout);
-                    last = Some(err);
-                    if !retry {
-                        stopped = Stopped::NotRetryable;
-                        break;
-                    }
-                }
+            let err = match result {
+                Ok(answer) => return Ok(Reply::new(answer, attempt, &progress)),
+                Err(err) => err,
+            };
+            let retry = self.settle(attempt.endpoint, &err, attempt.timeout, request);
+            last = Some(err);
+            if !retry {
+                stopped = Stopped::NotRetryable;
+                break;
             }
         }
-        Err(self.exhausted(progress.tried.len() as u32, last, stopped))
+        Err(self.exhausted(&progress, last, stopped))
+    }
+
+    /// The call's timeout: its own, or the policy's.
+    fn timeout(&self, request: &Request) -> Duration {
+        request.timeout().unwrap_or(self.policy.request_timeout)
+    }
+
+    /// The deadline of a call of `request` started at `started`.
+    fn deadline(&self, request: &Request, started: Instant) -> Instant {
+        // A deadline beyond what the clock can hold is no deadline: a year is as good.
+        started
+            .checked_add(self.timeout(request))
+            .unwrap_or_else(|| started + Duration::from_secs(365 * 24 * 3600))
+    }
+
+    /// The endpoints to call, and the clock reading attempts start from: at once when some are
+    /// known; when discovery has not answered yet (the service has just started), after its
+    /// first answer, if it comes before `deadline`.
+    async fn endpoints_by(
+        &self,
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<(Arc<Snapshot>, Instant), CallError> {
+        let snapshot = self.set.snapshot();
+        if !snapshot.endpoints.is_empty() {
+            return Ok((snapshot, started));
+        }
+        if snapshot.discovery != Discovery::Pending {
+            return Err(self.no_endpoints(&snapshot.discovery));
+        }
+        let _ = tokio::time::timeout_at(deadline, self.set.discovered()).await;
+        let snapshot = self.set.snapshot();
+        if snapshot.endpoints.is_empty() {
+            return Err(self.no_endpoints(&snapshot.discovery));
+        }
+        Ok((snapshot, Instant::now()))
     }
 
     /// The endpoint for the next attempt at `now`, counted as tried; `Ok(None)` when every
@@ -198,7 +274,7 @@ impl Caller {
         now: Instant,
     ) -> Result<Option<&'s Arc<Endpoint>>, Stopped> {
         if now >= progress.deadline {
-            return Err(Stopped::Deadline(self.policy.request_timeout));
+            return Err(Stopped::Deadline(self.timeout(progress.request)));
         }
         // `rand::rng()` is a temporary, gone before the next await: the future stays `Send`.
         let Some(endpoint) = self.pick(progress, now) else {
@@ -231,22 +307,26 @@ impl Caller {
     }
 
     /// One attempt on `endpoint`, started at `now`, bounded by its timeout; when it is slower
-    /// than the hedge delay, raced by a hedge on another endpoint.
+    /// than the hedge delay and the request may be sent twice, raced by a hedge on another
+    /// endpoint.
     async fn attempt_or_hedge<'s, T, E: Into<DecodeError>>(
         &self,
         endpoint: &'s Arc<Endpoint>,
         now: Instant,
         progress: &mut Progress<'s>,
-        decode: &impl Fn(&[u8]) -> Result<T, E>,
+        decode: &impl Fn(Answer<'_>) -> Result<T, E>,
     ) -> Finished<'s, T> {
         let timeout = self
             .policy
             .attempt_timeout(progress.deadline.saturating_duration_since(now));
-        let mut attempt = pin!(self.attempt(endpoint, now, decode));
-        let hedge_after = self
-            .latency
-            .hedge_delay()
-            .filter(|delay| progress.tried.len() < progress.max_attempts && *delay < timeout);
+        let request = progress.request;
+        let parent = request.trace().map(|_| SpanId::fresh());
+        let mut attempt = pin!(self.attempt(endpoint, now, request, parent, decode));
+        let hedge_after = self.latency.hedge_delay().filter(|delay| {
+            request.is_replayable()
+                && progress.tried.len() < progress.max_attempts
+                && *delay < timeout
+        });
         // One timer per attempt: it fires at the hedge point when hedging, and is moved to
         // the attempt's timeout only if it does.
         let mut timer = pin!(tokio::time::sleep_until(
@@ -257,34 +337,35 @@ impl Caller {
             result = attempt.as_mut() => Some(result),
             () = timer.as_mut() => None,
         };
-        let done = |result| Finished {
+        let launched = Launched {
             endpoint,
             timeout,
-            result,
+            parent,
         };
         match (first, hedge_after) {
-            (Some(result), _) => done(result),
-            (None, None) => done(Err(timed_out(endpoint, timeout))),
+            (Some(result), _) => launched.finish(result),
+            (None, None) => launched.finish(Err(timed_out(endpoint, timeout, parent))),
             // Slow to answer: race a hedge. Its future is boxed, so that the common path's
             // future, moved on every request, stays small.
             (None, Some(_)) => {
                 timer.as_mut().reset(now + timeout);
-                let bounded = bounded(attempt, timer, endpoint, timeout);
-                Box::pin(self.hedge(bounded, endpoint, timeout, progress, decode)).await
+                let bounded = bounded(attempt, timer, endpoint, timeout, parent);
+                Box::pin(self.hedge(bounded, launched, progress, decode)).await
             }
         }
     }
 
     /// Applies a failed attempt's verdict to its endpoint and the counters; returns whether
-    /// another endpoint may do better.
+    /// another endpoint may do better and `request` may be sent again after this failure.
     pub(super) fn settle(
         &self,
         endpoint: &Endpoint,
         err: &AttemptError,
         timeout: Duration,
+        request: &Request,
     ) -> bool {
         self.metrics.attempt(err.outcome);
-        tracing::debug!(endpoint = %endpoint.addr(), error = %err, "attempt failed");
+        tracing::debug!(endpoint = %endpoint.addr(), parent_id = err.parent.map(tracing::field::display), error = %chain(err), "attempt failed");
         let verdict = self.policy.verdict(err.outcome, timeout, err.retry_after);
         if let Some(cool_down) = verdict.cool_down {
             endpoint.cool_down(Instant::now() + cool_down);
@@ -292,7 +373,7 @@ impl Caller {
         if verdict.blame {
             self.blame(endpoint, err);
         }
-        verdict.retry
+        verdict.retry && (request.is_replayable() || !err.sent)
     }
 
     /// Counts a failure against `endpoint`: it may be ejected, or probed when the ejection cap
@@ -310,20 +391,25 @@ impl Caller {
     /// The error of a call whose attempts ran out: nothing answered, so the instances may
     /// have moved; the refresher is asked to look again without waiting for the TTL (it still
     /// keeps to its floor).
-    fn exhausted(&self, attempts: u32, last: Option<AttemptError>, stopped: Stopped) -> CallError {
+    fn exhausted(
+        &self,
+        progress: &Progress<'_>,
+        last: Option<AttemptError>,
+        stopped: Stopped,
+    ) -> CallError {
         self.set.request_refresh();
         let name = self.name.clone();
         CallError(match last {
             Some(last) => Failure::AllAttemptsFailed {
                 name,
-                attempts,
+                attempts: progress.tried.len() as u32,
                 stopped,
                 last,
             },
-            // No attempt at all: the deadline passed at once.
-            None => Failure::NoEndpoints {
+            // No attempt at all: with endpoints known, only the deadline stops the first.
+            None => Failure::Deadline {
                 name,
-                reason: NoEndpoints::Empty,
+                timeout: self.timeout(progress.request),
             },
         })
     }

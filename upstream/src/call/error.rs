@@ -1,17 +1,28 @@
 //! What a failed call says: [`CallError`] has a kind, a message and the chain of causes;
 //! [`AttemptError`] is one attempt's failure, with its outcome for the counters and the retry
-//! policy.
+//! policy, whether the request may have reached the server, and its cause (the connection's
+//! error, the wire's, the decoder's) as its `source`.
+//!
+//! The chain as one line ([`CallError::chain`]) is bounded in length and escapes control
+//! characters, so that whatever a cause carries (a decoder may quote what it read) is never
+//! relayed raw.
 
 use std::error::Error as StdError;
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
 
 use super::metrics::AttemptOutcome;
+use super::trace::SpanId;
 use crate::lookup::LookupError;
+use crate::transport::PoolError;
+
+/// Longest [`CallError::chain`], in bytes, before it is cut short.
+const MAX_CHAIN: usize = 1024;
 
 /// A decoder's error.
 pub type DecodeError = Box<dyn StdError + Send + Sync>;
@@ -41,6 +52,14 @@ pub(crate) enum Failure {
         /// Why the set is empty.
         reason: NoEndpoints,
     },
+    /// The deadline passed before any attempt could start.
+    #[error("no attempt to call {name} could start within the {timeout:?} deadline")]
+    Deadline {
+        /// The service's name.
+        name: String,
+        /// The call's deadline.
+        timeout: Duration,
+    },
     /// Every attempt failed.
     #[error("every attempt to call {name} failed ({attempts} attempts{stopped})")]
     AllAttemptsFailed {
@@ -57,11 +76,13 @@ pub(crate) enum Failure {
 }
 
 impl CallError {
-    /// A short machine-readable kind: `dns_failed`, `no_endpoints` or `all_attempts_failed`.
+    /// A short machine-readable kind: `dns_failed`, `no_endpoints`, `deadline` (no attempt
+    /// could start in time) or `all_attempts_failed`.
     pub fn kind(&self) -> &'static str {
         match &self.0 {
             Failure::DiscoveryFailed { .. } => "dns_failed",
             Failure::NoEndpoints { .. } => "no_endpoints",
+            Failure::Deadline { .. } => "deadline",
             Failure::AllAttemptsFailed { .. } => "all_attempts_failed",
         }
     }
@@ -71,21 +92,60 @@ impl CallError {
         match &self.0 {
             Failure::DiscoveryFailed { name, .. }
             | Failure::NoEndpoints { name, .. }
+            | Failure::Deadline { name, .. }
             | Failure::AllAttemptsFailed { name, .. } => name,
         }
     }
 
-    /// The error and its causes on one line, `: `-separated.
-    pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = self.source();
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
+    /// The status of the last attempt's answer, when every attempt failed and the last one
+    /// failed on its status (a 5xx, a 429, or a 4xx under
+    /// [`StatusPolicy::SuccessOnly`](crate::StatusPolicy::SuccessOnly)). The answer's body was
+    /// not read.
+    pub fn status(&self) -> Option<StatusCode> {
+        match &self.0 {
+            Failure::AllAttemptsFailed { last, .. } => match last.kind {
+                AttemptErrorKind::Status(status) => Some(status),
+                _ => None,
+            },
+            _ => None,
         }
-        text
     }
+
+    /// The error and its causes on one line, `: `-separated; at most about a kilobyte, with
+    /// control characters escaped.
+    pub fn chain(&self) -> String {
+        chain(self)
+    }
+}
+
+/// `error` and its causes on one line, `: `-separated, bounded and with control characters
+/// escaped.
+pub(super) fn chain(error: &dyn StdError) -> String {
+    let mut text = String::new();
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        for c in cause.to_string().chars() {
+            if c.is_control() {
+                text.extend(c.escape_default());
+            } else {
+                text.push(c);
+            }
+            if text.len() > MAX_CHAIN {
+                let mut end = MAX_CHAIN;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.truncate(end);
+                text.push_str("...");
+                return text;
+            }
+        }
+        next = cause.source();
+    }
+    text
 }
 
 /// Why the endpoint set is empty.
@@ -119,22 +179,78 @@ impl fmt::Display for Stopped {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Exhausted => Ok(()),
-            Self::NotRetryable => f.write_str("; not retried: the request is not idempotent"),
+            Self::NotRetryable => f.write_str(
+                "; not retried: the request may have reached the server and is not idempotent",
+            ),
             Self::Deadline(timeout) => write!(f, "; the {timeout:?} deadline passed"),
             Self::Budget => f.write_str("; retry budget spent"),
         }
     }
 }
 
-/// One attempt's failure, with its cause.
-#[derive(Debug, thiserror::Error)]
-#[error("{endpoint}: {kind}")]
-pub(crate) struct AttemptError {
+/// One attempt's failure, with its cause as its `source`. Boxed: failures are rare, and the
+/// call's future, which holds room for one, stays small.
+#[derive(Debug)]
+pub(crate) struct AttemptError(Box<AttemptFailure>);
+
+/// What an [`AttemptError`] says.
+#[derive(Debug)]
+pub(crate) struct AttemptFailure {
     pub(super) endpoint: SocketAddr,
     pub(super) kind: AttemptErrorKind,
     pub(super) outcome: AttemptOutcome,
     /// How long the endpoint asked to be left alone (`Retry-After`), when it said.
     pub(super) retry_after: Option<Duration>,
+    /// Some of the request may have reached the server: it must not be repeated unless it is
+    /// idempotent.
+    pub(super) sent: bool,
+    /// The parent id the attempt sent, when the call carried a trace context.
+    pub(super) parent: Option<SpanId>,
+}
+
+impl AttemptError {
+    /// A failure of the attempt on `endpoint`, after it may have reached the server.
+    pub(super) fn new(
+        endpoint: SocketAddr,
+        outcome: AttemptOutcome,
+        kind: AttemptErrorKind,
+    ) -> Self {
+        Self(Box::new(AttemptFailure {
+            endpoint,
+            kind,
+            outcome,
+            retry_after: None,
+            sent: true,
+            parent: None,
+        }))
+    }
+}
+
+impl Deref for AttemptError {
+    type Target = AttemptFailure;
+
+    fn deref(&self) -> &AttemptFailure {
+        &self.0
+    }
+}
+
+impl DerefMut for AttemptError {
+    fn deref_mut(&mut self) -> &mut AttemptFailure {
+        &mut self.0
+    }
+}
+
+impl fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.endpoint, self.kind)
+    }
+}
+
+impl StdError for AttemptError {
+    /// The kind's cause: the kind itself is in this error's message.
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.kind.source()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,10 +259,8 @@ pub(super) enum AttemptErrorKind {
     Timeout(Duration),
     #[error("answered {0}")]
     Status(StatusCode),
-    #[error("answer larger than {0} bytes")]
-    TooLarge(usize),
+    #[error("request failed")]
+    Transport(#[source] PoolError),
     #[error("bad answer")]
     Decode(#[source] DecodeError),
-    #[error("request failed")]
-    Http(#[source] Box<dyn StdError + Send + Sync>),
 }

@@ -7,12 +7,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use http::Uri;
 use http::header::HeaderValue;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::transport::{Pool, http1};
+use crate::transport::Pool;
+use crate::transport::http1::{self, Outgoing};
 
 /// Flags of an endpoint: ejected.
 pub(super) const EJECTED: u8 = 1;
@@ -35,22 +35,30 @@ pub enum Tier {
     Ejected = 2,
 }
 
-/// What is asked of every endpoint, besides the call's `GET /`.
+/// What every endpoint sends besides each call's own request: the health probe's request
+/// line, and the `Via` line that goes with each call. Both made once.
 #[derive(Debug, Clone)]
 pub struct Requests {
-    /// The health probe's path.
-    pub probe_path: Uri,
-    /// A `Via` entry for calls.
-    pub via: Option<HeaderValue>,
+    /// `GET <probe path> HTTP/1.1\r\n`.
+    probe_line: Box<[u8]>,
+    /// `via: <entry>\r\n`, or nothing.
+    via_line: Box<[u8]>,
 }
 
 impl Requests {
-    /// Probes of `probe_path` (`/` when it is not a path: the options were not validated),
-    /// calls with `via`.
-    pub fn new(probe_path: &str, via: Option<HeaderValue>) -> Self {
+    /// Probes of `probe_path` (`/` when it is not an origin-form path: the options were not
+    /// validated), calls with `via` (left out when it is not a field value).
+    pub fn new(probe_path: &str, via: Option<&HeaderValue>) -> Self {
+        let path = Some(probe_path.as_bytes())
+            .filter(|path| http1::is_origin_form(path))
+            .unwrap_or(b"/");
+        let mut via_line = Vec::new();
+        if let Some(via) = via.filter(|via| http1::is_field_value(via.as_bytes())) {
+            http1::field_line(&mut via_line, b"via", via.as_bytes());
+        }
         Self {
-            probe_path: probe_path.parse().unwrap_or_else(|_| Uri::from_static("/")),
-            via,
+            probe_line: http1::request_line(b"GET", path).into(),
+            via_line: via_line.into(),
         }
     }
 }
@@ -61,10 +69,13 @@ pub struct Endpoint {
     pub(super) addr: SocketAddr,
     /// The availability zone, when discovery says (Cloud Map's API does, DNS does not).
     zone: Option<Arc<str>>,
-    /// The call's request head (`GET /`), made once.
-    call_head: Box<[u8]>,
-    /// The health probe's request head, made once.
-    probe_head: Box<[u8]>,
+    /// The header lines sent to this endpoint with every call, made once: `host: <address>`
+    /// and then the `via` line.
+    fields: Box<[u8]>,
+    /// Where the `host` line ends in `fields`.
+    host_end: usize,
+    /// The health probe's request line.
+    probe_line: Box<[u8]>,
     /// This endpoint's own connection pool, so that the endpoint's idle connections close when
     /// it leaves the set.
     pub(super) pool: Pool,
@@ -99,20 +110,17 @@ impl Endpoint {
         epoch: Instant,
         health_changed: watch::Sender<()>,
     ) -> Self {
-        // An address and port are always a valid header value.
-        let host = HeaderValue::from_str(&addr.to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
-        let accept = HeaderValue::from_static("application/json");
+        // An address and port are digits, dots, colons and brackets: always a field value.
+        let mut fields = Vec::with_capacity(64);
+        http1::field_line(&mut fields, b"host", addr.to_string().as_bytes());
+        let host_end = fields.len();
+        fields.extend_from_slice(&requests.via_line);
         Self {
             addr,
             zone,
-            call_head: http1::request_head(
-                &Uri::from_static("/"),
-                &host,
-                Some(&accept),
-                requests.via.as_ref(),
-            ),
-            probe_head: http1::request_head(&requests.probe_path, &host, None, None),
+            fields: fields.into(),
+            host_end,
+            probe_line: requests.probe_line.clone(),
             pool,
             in_flight: AtomicUsize::new(0),
             flags: AtomicU8::new(0),
@@ -133,14 +141,27 @@ impl Endpoint {
         self.zone.as_deref()
     }
 
-    /// The call's request head: `GET /` with `Host`, `Accept: application/json` and `Via`.
-    pub fn call_head(&self) -> &[u8] {
-        &self.call_head
+    /// The header lines every call to this endpoint carries: `host` with its address (left
+    /// out when the call names its own host), and `via` when the upstream has one.
+    pub fn fields(&self, own_host: bool) -> &[u8] {
+        if own_host {
+            &self.fields[self.host_end..]
+        } else {
+            &self.fields
+        }
     }
 
-    /// The health probe's request head: `GET <probe path>` with `Host`.
-    pub fn probe_head(&self) -> &[u8] {
-        &self.probe_head
+    /// The health probe's request: `GET <probe path>` with `host`.
+    pub fn probe_request(&self) -> Outgoing<'_> {
+        Outgoing {
+            id: 0,
+            line: &self.probe_line,
+            fields: [&self.fields[..self.host_end], b"", b""],
+            body: b"",
+            always_length: false,
+            head_only: false,
+            replayable: true,
+        }
     }
 
     /// The connection pool to call this endpoint with.

@@ -230,7 +230,7 @@ async fn probe(endpoint: &Endpoint, kind: &ProbeKind, timeout: Duration) -> bool
 /// read: the connection closes with the answer rather than going back to the pool half-read.
 async fn http1(endpoint: &Endpoint) -> bool {
     matches!(
-        endpoint.pool().send(endpoint.probe_head(), None, Instant::now()).await,
+        endpoint.pool().send(&endpoint.probe_request(), None, Instant::now()).await,
         Ok(answer) if answer.status().is_success()
     )
 }

@@ -205,6 +205,16 @@ impl EndpointSet {
         self.health.receiver_count() > 0
     }
 
+    /// Completes once discovery has answered or failed for the first time (at once when it
+    /// already has).
+    pub async fn discovered(&self) {
+        let mut current = self.current.subscribe();
+        // The set holds the sender: while it is borrowed here, the wait cannot fail.
+        let _ = current
+            .wait_for(|snapshot| snapshot.discovery != Discovery::Pending)
+            .await;
+    }
+
     /// Replaces the endpoints with `addrs`: endpoints that stay keep their state, new ones
     /// start unproven, and those that left are dropped with their connections once the
     /// requests in flight to them finish. Called by the one writer, the refresher.

@@ -4,4 +4,4 @@
 pub mod http1;
 mod pool;
 
-pub use pool::{Pool, PoolError, PoolOptions};
+pub use pool::{Exchange, Pool, PoolError, PoolOptions};

@@ -8,30 +8,45 @@
 //! beyond that peak, those idle longer than the idle timeout, and those the server closed;
 //! all of them close when the endpoint leaves the set.
 //!
-//! The exchange runs in the caller's task, on [`super::http1`]'s wire format: one write of a
-//! head made once per endpoint, reads into the connection's own buffer, the answer parsed
-//! where it lies. hyper's client would add a task per connection, channels between it and
-//! the caller, a header map per answer and a pool keyed by host: on a proxy's request path
-//! that was a quarter of hello's instructions (docs/performance.md).
+//! The exchange runs in the caller's task, on [`super::http1`]'s wire format: the head written
+//! into the connection's own reused buffer and sent with the body in one write, reads into the
+//! connection's read buffer, the answer parsed where it lies. Its head is read first
+//! ([`Exchange`]); the caller then reads the body up to its bound, or lets the connection close
+//! with an answer it does not want. hyper's client would add a task per connection, channels
+//! between it and the caller, a header map per answer and a pool keyed by host: on a proxy's
+//! request path that was a quarter of hello's instructions (docs/performance.md).
+//!
+//! A reused connection that the server closed just as the request left (it had said nothing)
+//! is not a failure of the endpoint: the request goes on another connection, if nothing of it
+//! had been written or it may be sent twice ([`Outgoing::replayable`]); otherwise the error is
+//! the caller's, who must not repeat it.
 
+use std::future::Future;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWrite};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
-use super::http1::{self, Dechunker, Framing, MAX_HEAD_BYTES, Parsed, WireError};
+use super::http1::{
+    self, AttemptFields, Dechunker, Framing, Head, MAX_HEAD_BYTES, Outgoing, Parsed, WireError,
+};
 
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 4096;
-/// A connection whose buffer grew past this (a long answer) gets a new one before it idles.
+/// A connection whose buffers grew past this (a long answer or head) gets new ones before it
+/// idles.
 const KEEP_BUFFER: usize = 16 * 1024;
+/// Room for a request head, made once per connection (the buffer grows for longer heads).
+const HEAD_SIZE: usize = 512;
 
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +57,9 @@ pub enum PoolError {
     /// The connection was refused or failed.
     #[error("cannot connect")]
     Connect(#[source] std::io::Error),
+    /// Writing failed before any byte of the request left.
+    #[error("connection failed before the request was sent")]
+    NotSent(#[source] std::io::Error),
     /// Sending or reading failed.
     #[error("connection failed")]
     Io(#[source] std::io::Error),
@@ -57,6 +75,14 @@ impl PoolError {
     /// True when no connection could be made.
     pub fn is_connect(&self) -> bool {
         matches!(self, Self::ConnectTimeout(_) | Self::Connect(_))
+    }
+
+    /// True when no byte of the request can have reached the server.
+    pub fn is_unsent(&self) -> bool {
+        matches!(
+            self,
+            Self::ConnectTimeout(_) | Self::Connect(_) | Self::NotSent(_)
+        )
     }
 }
 
@@ -87,47 +113,64 @@ struct Idle {
     since: Instant,
 }
 
-/// A connection and its read buffer, kept across requests.
+/// A connection, its read buffer and the buffer its request heads are written into, both
+/// kept across requests.
 #[derive(Debug)]
 struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
+    out: Vec<u8>,
+    /// The [`Outgoing::id`] of the head in `out`, 0 for none: the same request sent again
+    /// on this connection (it belongs to one endpoint) is not written anew.
+    out_id: u64,
 }
 
-/// An answer: its status, and for a 2xx answer whose body was asked for, the body. Hand it to
-/// [`Pool::release`] when done, so that its connection can serve the next request.
+/// An answer on its connection: its head read and parsed where it lies in the connection's
+/// buffer; its body read there by [`Exchange::read_body`]. Hand it to [`Pool::release`] when
+/// done: its connection serves the next request if the body was read to its end, and closes
+/// otherwise.
 #[derive(Debug)]
 pub struct Exchange {
     conn: Conn,
+    head: Head,
     status: StatusCode,
-    retry_after: Option<Duration>,
+    /// Where the final head lies in the connection's buffer (interim heads before it).
+    head_range: Range<usize>,
+    /// Where the body lies, once read; empty before.
     body: Range<usize>,
     reusable: bool,
 }
 
-impl Exchange {
-    /// The answer's status.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    /// How long the server asked to be left alone (`Retry-After`), when it said.
-    pub fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
-    }
-
-    /// The answer's body; empty when it was not read.
-    pub fn body(&self) -> &[u8] {
-        &self.conn.buf[self.body.clone()]
-    }
+/// What an exchange needs of a request once its head is written.
+#[derive(Debug, Clone, Copy)]
+struct Sending<'a> {
+    body: &'a [u8],
+    replayable: bool,
+    head_only: bool,
 }
 
-/// A failed exchange, and whether the server had said nothing at all: on a connection that
-/// had been idle, that is a server closing it as the request left, and the request may go on
-/// a new connection (it is a `GET`).
+/// Where a request goes first: an idle connection with the head in its buffer, or a new
+/// connection, with the head written and the [`Outgoing::id`] it stands for.
+#[derive(Debug)]
+enum Start {
+    Idle(Conn),
+    New(Vec<u8>, u64),
+}
+
+/// An answer's head as [`Conn::exchange`] read it: what it says, its status, and where it
+/// lies in the connection's buffer.
+struct Answer {
+    head: Head,
+    status: StatusCode,
+    range: Range<usize>,
+}
+
+/// A failed exchange: the error, whether the server had said nothing at all, and whether any
+/// byte of the request had left.
 struct Failed {
     error: PoolError,
     silent: bool,
+    sent: bool,
 }
 
 impl From<WireError> for Failed {
@@ -135,9 +178,12 @@ impl From<WireError> for Failed {
         Self {
             error: PoolError::Wire(error),
             silent: false,
+            sent: true,
         }
     }
 }
+
+// === impl Pool ===
 
 impl Pool {
     /// An empty pool for `addr`.
@@ -151,25 +197,71 @@ impl Pool {
         }
     }
 
-    /// Sends the request `head` on an idle connection, or a new one, and reads the answer's
-    /// head; for a 2xx answer and a `body_limit`, also its body, failing past the limit. `now`
-    /// is the caller's clock reading, to tell idle connections that have expired.
-    pub async fn send(
+    /// Sends `request`, with the `attempt`'s own header lines, on an idle connection or a new
+    /// one, and reads the answer's head. `now` is the caller's clock reading, to tell idle
+    /// connections that have expired. The head is written into the connection's buffer (or a
+    /// buffer for a new one) before the returned future is first polled: the future holds only
+    /// the body.
+    pub fn send<'a>(
+        &'a self,
+        request: &Outgoing<'a>,
+        attempt: Option<&dyn AttemptFields>,
+        now: Instant,
+    ) -> impl Future<Output = Result<Exchange, PoolError>> + Send + use<'a> {
+        let start = match self.checkout(now) {
+            Some(mut conn) => {
+                prepare(&mut conn.out, &mut conn.out_id, request, attempt);
+                Start::Idle(conn)
+            }
+            None => {
+                let (mut out, mut id) = (Vec::with_capacity(HEAD_SIZE), 0);
+                prepare(&mut out, &mut id, request, attempt);
+                Start::New(out, id)
+            }
+        };
+        let sending = Sending {
+            body: request.body,
+            replayable: request.replayable,
+            head_only: request.head_only,
+        };
+        self.send_prepared(start, sending, now)
+    }
+
+    /// Sends the head prepared in `start`.
+    async fn send_prepared(
         &self,
-        head: &[u8],
-        body_limit: Option<usize>,
+        mut start: Start,
+        sending: Sending<'_>,
         now: Instant,
     ) -> Result<Exchange, PoolError> {
-        while let Some(conn) = self.checkout(now) {
-            match exchange(conn, head, body_limit).await {
-                Err(Failed { silent: true, .. }) => continue,
-                result => return result.map_err(|failed| failed.error),
+        loop {
+            let (mut conn, reused) = match start {
+                Start::Idle(conn) => (conn, true),
+                Start::New(out, id) => {
+                    let mut conn = self.connect().await?;
+                    (conn.out, conn.out_id) = (out, id);
+                    (conn, false)
+                }
+            };
+            match conn.exchange(sending).await {
+                Ok(answer) => return Ok(Exchange::new(conn, answer)),
+                // A reused connection that the server closed as the request left: not the
+                // endpoint's failure. The head goes on another connection.
+                Err(Failed {
+                    silent: true, sent, ..
+                }) if reused && (sending.replayable || !sent) => {
+                    start = match self.checkout(now) {
+                        Some(mut next) => {
+                            std::mem::swap(&mut next.out, &mut conn.out);
+                            next.out_id = conn.out_id;
+                            Start::Idle(next)
+                        }
+                        None => Start::New(std::mem::take(&mut conn.out), conn.out_id),
+                    };
+                }
+                Err(failed) => return Err(failed.error),
             }
         }
-        let conn = self.connect().await?;
-        exchange(conn, head, body_limit)
-            .await
-            .map_err(|failed| failed.error)
     }
 
     /// Gives a connection back after its answer was read, while the pool holds fewer idle
@@ -183,6 +275,10 @@ impl Pool {
         let mut conn = exchange.conn;
         if conn.buf.capacity() > KEEP_BUFFER {
             conn.buf = Vec::with_capacity(READ_SIZE);
+        }
+        if conn.out.capacity() > KEEP_BUFFER {
+            conn.out = Vec::with_capacity(HEAD_SIZE);
+            conn.out_id = 0;
         }
         let peak = self
             .peak
@@ -241,14 +337,22 @@ impl Pool {
 
     async fn connect(&self) -> Result<Conn, PoolError> {
         let timeout = self.options.connect_timeout;
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(self.addr))
+        let socket = match self.addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(PoolError::Connect)?;
+        let _ = socket.set_nodelay(true);
+        let stream = tokio::time::timeout(timeout, socket.connect(self.addr))
             .await
             .map_err(|_| PoolError::ConnectTimeout(timeout))?
             .map_err(PoolError::Connect)?;
-        let _ = stream.set_nodelay(true);
+        // The head it sends first was written before it was made, and becomes its buffer.
         Ok(Conn {
             stream,
             buf: Vec::with_capacity(READ_SIZE),
+            out: Vec::new(),
+            out_id: 0,
         })
     }
 
@@ -260,6 +364,74 @@ impl Pool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
+
+/// Writes `request`'s head with the `attempt`'s lines into `out`, unless `out` holds it
+/// already (`out_id` says which it holds).
+fn prepare(
+    out: &mut Vec<u8>,
+    out_id: &mut u64,
+    request: &Outgoing<'_>,
+    attempt: Option<&dyn AttemptFields>,
+) {
+    let reusable = attempt.is_none() && request.id != 0;
+    if !reusable || *out_id != request.id {
+        http1::write_head(out, request, attempt);
+        *out_id = if reusable { request.id } else { 0 };
+    }
+}
+
+// === impl Exchange ===
+
+impl Exchange {
+    /// The answer `answer` on `conn`, its body not read yet.
+    fn new(conn: Conn, answer: Answer) -> Self {
+        Self {
+            conn,
+            head: answer.head,
+            status: answer.status,
+            body: answer.range.end..answer.range.end,
+            head_range: answer.range,
+            reusable: false,
+        }
+    }
+
+    /// The answer's status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// How long the server asked to be left alone (`Retry-After`), when it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.head.retry_after
+    }
+
+    /// Reads the body, failing past `limit` bytes (decoded, for a chunked body).
+    pub async fn read_body(&mut self, limit: usize) -> Result<(), PoolError> {
+        let start = self.head_range.end;
+        let conn = &mut self.conn;
+        let read = match self.head.framing {
+            Framing::Length(length) => conn.read_length(start, length, limit).await,
+            Framing::Chunked => conn.read_chunked(start, limit).await,
+            Framing::UntilClose => conn.read_to_close(start, limit).await,
+        };
+        let (end, clean) = read.map_err(|failed| failed.error)?;
+        self.body = start..end;
+        self.reusable = clean && self.head.keep_alive;
+        Ok(())
+    }
+
+    /// The answer's final head (status line and header lines), as it arrived.
+    pub fn head(&self) -> &[u8] {
+        &self.conn.buf[self.head_range.clone()]
+    }
+
+    /// The answer's body, decoded from chunks when it was chunked; empty until it was read.
+    pub fn body(&self) -> &[u8] {
+        &self.conn.buf[self.body.clone()]
+    }
+}
+
+// === impl Conn ===
 
 impl Conn {
     /// False when the server has closed the connection, or sent something unasked for, while
@@ -280,105 +452,156 @@ impl Conn {
         }
     }
 
+    /// Writes the head in `out` and the body, and reads the answer's head.
+    async fn exchange(&mut self, sending: Sending<'_>) -> Result<Answer, Failed> {
+        self.write(sending.body).await?;
+        let (mut head, range) = self.read_head().await?;
+        let status =
+            StatusCode::from_u16(head.status).map_err(|_| WireError::Head("bad status line"))?;
+        if sending.head_only {
+            // The answer to a HEAD ends with its head; its length describes a GET's body.
+            head.framing = Framing::Length(0);
+        }
+        Ok(Answer {
+            head,
+            status,
+            range,
+        })
+    }
+
+    /// Writes the head in `out` and then `body`, in one system call when the socket takes it
+    /// all. A failure says whether any byte had left.
+    async fn write(&mut self, body: &[u8]) -> Result<(), Failed> {
+        let head = self.out.len();
+        let total = head + body.len();
+        let mut written = 0;
+        while written < total {
+            let (stream, out) = (&mut self.stream, &self.out);
+            // The slices are made at each poll: the future holds no room for them.
+            let wrote = std::future::poll_fn(|cx| {
+                let stream = Pin::new(&mut *stream);
+                if written >= head {
+                    stream.poll_write(cx, &body[written - head..])
+                } else if body.is_empty() {
+                    stream.poll_write(cx, &out[written..])
+                } else {
+                    let parts = [IoSlice::new(&out[written..]), IoSlice::new(body)];
+                    stream.poll_write_vectored(cx, &parts)
+                }
+            })
+            .await;
+            match wrote {
+                Ok(0) => return Err(write_failed(std::io::ErrorKind::WriteZero.into(), written)),
+                Ok(wrote) => written += wrote,
+                Err(err) => return Err(write_failed(err, written)),
+            }
+        }
+        Ok(())
+    }
+
     /// Reads what the socket has into the buffer; 0 at the end of the stream.
     async fn read(&mut self) -> Result<usize, Failed> {
         self.buf.reserve(READ_SIZE);
         let silent = self.buf.is_empty();
+        let failed = |error| Failed {
+            error,
+            silent,
+            sent: true,
+        };
         match self.stream.read_buf(&mut self.buf).await {
-            Ok(0) => Err(Failed {
-                error: PoolError::Closed,
-                silent,
-            }),
+            Ok(0) => Err(failed(PoolError::Closed)),
             Ok(read) => Ok(read),
-            Err(err) => Err(Failed {
-                error: PoolError::Io(err),
-                silent,
-            }),
+            Err(err) => Err(failed(PoolError::Io(err))),
         }
     }
-}
 
-/// Writes `head` on `conn` and reads the answer (see [`Pool::send`]).
-async fn exchange(
-    mut conn: Conn,
-    request: &[u8],
-    body_limit: Option<usize>,
-) -> Result<Exchange, Failed> {
-    conn.buf.clear();
-    if let Err(err) = conn.stream.write_all(request).await {
-        return Err(Failed {
-            error: PoolError::Io(err),
-            silent: true,
-        });
-    }
-    // The head, after any interim (1xx) answers; nothing to parse before the first read.
-    conn.read().await?;
-    let mut start = 0;
-    let (head, head_end) = loop {
-        match http1::parse_head(&conn.buf[start..])? {
-            Parsed::Complete(head, len) => break (head, start + len),
-            Parsed::Interim(len) => start += len,
-            Parsed::Partial if conn.buf.len() >= MAX_HEAD_BYTES => {
-                return Err(WireError::HeadTooLarge.into());
-            }
-            Parsed::Partial => {
-                conn.read().await?;
-            }
-        }
-    };
-    let status =
-        StatusCode::from_u16(head.status).map_err(|_| WireError::Head("bad status line"))?;
-    let answer = |conn, body, reusable| Exchange {
-        conn,
-        status,
-        retry_after: head.retry_after,
-        body,
-        reusable,
-    };
-    // Only a success's body is read; another answer's connection closes with it.
-    let Some(limit) = body_limit.filter(|_| status.is_success()) else {
-        return Ok(answer(conn, head_end..head_end, false));
-    };
-    let (body_end, reusable) = match head.framing {
-        Framing::Length(length) => {
-            let end = usize::try_from(length)
-                .ok()
-                .filter(|&length| length <= limit)
-                .ok_or(WireError::TooLarge(limit))?
-                + head_end;
-            while conn.buf.len() < end {
-                conn.read().await?;
-            }
-            // Bytes beyond the answer were not asked for: the connection is not trusted again.
-            (end, head.keep_alive && conn.buf.len() == end)
-        }
-        Framing::Chunked => {
-            let mut decoder = Dechunker::new(limit);
-            let (mut raw, mut out) = (head_end, head_end);
-            loop {
-                let progress = decoder.decode(&mut conn.buf, raw, out)?;
-                raw += progress.consumed;
-                out = progress.body_end;
-                if progress.done {
-                    break;
+    /// Reads the answer's final head, after any interim (1xx) answers, into a fresh buffer.
+    /// Every head byte counts toward [`MAX_HEAD_BYTES`], interim heads included, whatever the
+    /// reads' sizes: a head one byte longer is refused.
+    async fn read_head(&mut self) -> Result<(Head, Range<usize>), Failed> {
+        self.buf.clear();
+        // Nothing to parse before the first read.
+        self.read().await?;
+        let mut start = 0;
+        loop {
+            match http1::parse_head(&self.buf[start..])? {
+                Parsed::Complete(head, len) if start + len <= MAX_HEAD_BYTES => {
+                    return Ok((head, start..start + len));
                 }
-                conn.read().await?;
+                Parsed::Interim(len) if start + len <= MAX_HEAD_BYTES => start += len,
+                // Every byte read so far is head: at the bound, the head is longer.
+                Parsed::Partial if self.buf.len() < MAX_HEAD_BYTES => {
+                    self.read().await?;
+                }
+                _ => return Err(WireError::HeadTooLarge(MAX_HEAD_BYTES).into()),
             }
-            (out, head.keep_alive && conn.buf.len() == raw)
         }
-        Framing::UntilClose => loop {
-            if conn.buf.len() - head_end > limit {
+    }
+
+    /// Reads a body of `length` bytes from `start`; returns its end, and whether nothing
+    /// followed it (bytes beyond an answer were not asked for: the connection is not trusted
+    /// again).
+    async fn read_length(
+        &mut self,
+        start: usize,
+        length: u64,
+        limit: usize,
+    ) -> Result<(usize, bool), Failed> {
+        let end = usize::try_from(length)
+            .ok()
+            .filter(|&length| length <= limit)
+            .ok_or(WireError::TooLarge(limit))?
+            + start;
+        while self.buf.len() < end {
+            self.read().await?;
+        }
+        Ok((end, self.buf.len() == end))
+    }
+
+    /// Reads a chunked body from `start`, joining its chunks in place; returns its end, and
+    /// whether nothing followed it.
+    async fn read_chunked(&mut self, start: usize, limit: usize) -> Result<(usize, bool), Failed> {
+        let mut decoder = Dechunker::new(limit);
+        let (mut raw, mut out) = (start, start);
+        loop {
+            let progress = decoder.decode(&mut self.buf, raw, out)?;
+            raw += progress.consumed;
+            out = progress.body_end;
+            if progress.done {
+                return Ok((out, self.buf.len() == raw));
+            }
+            self.read().await?;
+        }
+    }
+
+    /// Reads a body that ends when the server closes the connection; the connection is not
+    /// reused.
+    async fn read_to_close(&mut self, start: usize, limit: usize) -> Result<(usize, bool), Failed> {
+        loop {
+            if self.buf.len() - start > limit {
                 return Err(WireError::TooLarge(limit).into());
             }
-            match conn.read().await {
+            match self.read().await {
                 Ok(_) => {}
                 Err(Failed {
                     error: PoolError::Closed,
                     ..
-                }) => break (conn.buf.len(), false),
+                }) => return Ok((self.buf.len(), false)),
                 Err(failed) => return Err(failed),
             }
+        }
+    }
+}
+
+/// A write that failed after `written` bytes had left.
+fn write_failed(error: std::io::Error, written: usize) -> Failed {
+    Failed {
+        error: if written == 0 {
+            PoolError::NotSent(error)
+        } else {
+            PoolError::Io(error)
         },
-    };
-    Ok(answer(conn, head_end..body_end, reusable))
+        silent: true,
+        sent: written > 0,
+    }
 }

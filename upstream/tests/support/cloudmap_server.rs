@@ -1,8 +1,8 @@
 //! A fake Cloud Map discovery API inside the test: the awsJson1.1 protocol (`POST /` with
 //! `X-Amz-Target: Route53AutoNaming_v20170314.<Operation>`, errors as `{"__type": ...}`),
 //! `DiscoverInstances` and `DiscoverInstancesRevision` only, with instances, health and
-//! failures a test changes while hello runs. Every call is counted, with the `Host` header it
-//! came with.
+//! failures a test changes while the caller runs. Every call is counted, with the `Host`
+//! header it came with. Shared by the upstream crate's tests and hello's (`#[path]`).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -14,8 +14,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
-
-use crate::helpers::NameInstance;
 
 const TARGET_PREFIX: &str = "Route53AutoNaming_v20170314.";
 
@@ -71,18 +69,19 @@ impl CloudMapServer {
         format!("http://{}", self.addr)
     }
 
-    /// Registers `instance` in `zone`, healthy, with ECS's attributes for task definition
-    /// family `name`; moves the revision.
-    pub fn register(&self, instance: &NameInstance, zone: Option<&str>) {
-        self.register_family(instance, zone, "name");
+    /// Registers the instance `id` at `addr` in `zone`, healthy, with ECS's attributes for
+    /// task definition family `name`; moves the revision.
+    pub fn register(&self, id: &str, addr: SocketAddr, zone: Option<&str>) {
+        self.register_family(id, addr, zone, "name");
     }
 
-    /// Registers `instance` as [`CloudMapServer::register`] does, in task definition `family`.
-    pub fn register_family(&self, instance: &NameInstance, zone: Option<&str>, family: &str) {
+    /// Registers an instance as [`CloudMapServer::register`] does, in task definition
+    /// `family`.
+    pub fn register_family(&self, id: &str, addr: SocketAddr, zone: Option<&str>, family: &str) {
         let mut script = self.script.lock().unwrap();
         script.instances.push(Registered {
-            id: instance.id.clone(),
-            addr: instance.addr,
+            id: id.to_owned(),
+            addr,
             zone: zone.map(str::to_owned),
             family: family.to_owned(),
             healthy: true,
@@ -166,47 +165,50 @@ async fn handle(
     }
     match operation.as_str() {
         "DiscoverInstancesRevision" => ok(json!({ "InstancesRevision": script.revision })),
-        "DiscoverInstances" => {
-            assert_eq!(request["HealthStatus"], "HEALTHY_OR_ELSE_ALL");
-            assert_eq!(request["MaxResults"], 1000);
-            // QueryParameters filter on attributes; this fake knows the family's.
-            let family = request["QueryParameters"]["ECS_TASK_DEFINITION_FAMILY"].as_str();
-            let matching: Vec<&Registered> = script
-                .instances
-                .iter()
-                .filter(|i| family.is_none_or(|family| i.family == family))
-                .collect();
-            let healthy: Vec<&Registered> =
-                matching.iter().copied().filter(|i| i.healthy).collect();
-            let listed = if healthy.is_empty() {
-                matching
-            } else {
-                healthy
-            };
-            let instances: Vec<Value> = listed
-                .into_iter()
-                .map(|instance| {
-                    let mut attributes = json!({
-                        "AWS_INSTANCE_IPV4": instance.addr.ip().to_string(),
-                        "AWS_INSTANCE_PORT": instance.addr.port().to_string(),
-                        "ECS_TASK_DEFINITION_FAMILY": instance.family,
-                    });
-                    if let Some(zone) = &instance.zone {
-                        attributes["AVAILABILITY_ZONE"] = json!(zone);
-                    }
-                    json!({
-                        "InstanceId": instance.id,
-                        "NamespaceName": script.namespace,
-                        "ServiceName": script.service,
-                        "HealthStatus": if instance.healthy { "HEALTHY" } else { "UNHEALTHY" },
-                        "Attributes": attributes,
-                    })
-                })
-                .collect();
-            ok(json!({ "Instances": instances, "InstancesRevision": script.revision }))
-        }
+        "DiscoverInstances" => discover_instances(&script, &request),
         _ => error(400, "UnknownOperationException", "unknown operation"),
     }
+}
+
+/// `DiscoverInstances`: the healthy instances (all when none is healthy) of the family the
+/// query names, with ECS's attributes.
+fn discover_instances(script: &Script, request: &Value) -> Response {
+    assert_eq!(request["HealthStatus"], "HEALTHY_OR_ELSE_ALL");
+    assert_eq!(request["MaxResults"], 1000);
+    // QueryParameters filter on attributes; this fake knows the family's.
+    let family = request["QueryParameters"]["ECS_TASK_DEFINITION_FAMILY"].as_str();
+    let matching: Vec<&Registered> = script
+        .instances
+        .iter()
+        .filter(|i| family.is_none_or(|family| i.family == family))
+        .collect();
+    let healthy: Vec<&Registered> = matching.iter().copied().filter(|i| i.healthy).collect();
+    let listed = if healthy.is_empty() {
+        matching
+    } else {
+        healthy
+    };
+    let instances: Vec<Value> = listed
+        .into_iter()
+        .map(|instance| {
+            let mut attributes = json!({
+                "AWS_INSTANCE_IPV4": instance.addr.ip().to_string(),
+                "AWS_INSTANCE_PORT": instance.addr.port().to_string(),
+                "ECS_TASK_DEFINITION_FAMILY": instance.family,
+            });
+            if let Some(zone) = &instance.zone {
+                attributes["AVAILABILITY_ZONE"] = json!(zone);
+            }
+            json!({
+                "InstanceId": instance.id,
+                "NamespaceName": script.namespace,
+                "ServiceName": script.service,
+                "HealthStatus": if instance.healthy { "HEALTHY" } else { "UNHEALTHY" },
+                "Attributes": attributes,
+            })
+        })
+        .collect();
+    ok(json!({ "Instances": instances, "InstancesRevision": script.revision }))
 }
 
 fn ok(body: Value) -> Response {

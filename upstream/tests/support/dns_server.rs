@@ -1,6 +1,7 @@
 //! A DNS server for the tests: authoritative for a zone the test changes at run time, on a
 //! UDP and a TCP socket of one loopback port, counting the queries it answers. Built on
-//! hickory-proto's message codec, so what goes over the wire is real DNS.
+//! hickory-proto's message codec, so what goes over the wire is real DNS. Shared by the
+//! upstream crate's tests and hello's (`#[path]`).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -11,6 +12,7 @@ use hickory_proto::rr::rdata::{A, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::watch;
 
 /// How the server answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,13 +21,15 @@ pub enum Mode {
     Answer,
     /// SERVFAIL to everything, as a failing authority would.
     ServFail,
+    /// Queries wait, unanswered, until the mode changes; then they are answered in the new
+    /// mode (as a slow authority would).
+    Hold,
 }
 
 #[derive(Debug)]
 struct Zone {
     records: HashMap<(Name, RecordType), Vec<RData>>,
     ttl: u32,
-    mode: Mode,
     queries: HashMap<(Name, RecordType), usize>,
 }
 
@@ -34,6 +38,7 @@ struct Zone {
 pub struct DnsServer {
     addr: SocketAddr,
     zone: Arc<Mutex<Zone>>,
+    mode: watch::Sender<Mode>,
 }
 
 fn name(text: &str) -> Name {
@@ -49,12 +54,12 @@ impl DnsServer {
         let zone = Arc::new(Mutex::new(Zone {
             records: HashMap::new(),
             ttl,
-            mode: Mode::Answer,
             queries: HashMap::new(),
         }));
-        tokio::spawn(serve_udp(udp, Arc::clone(&zone)));
-        tokio::spawn(serve_tcp(tcp, Arc::clone(&zone)));
-        Self { addr, zone }
+        let mode = watch::Sender::new(Mode::Answer);
+        tokio::spawn(serve_udp(udp, Arc::clone(&zone), mode.subscribe()));
+        tokio::spawn(serve_tcp(tcp, Arc::clone(&zone), mode.subscribe()));
+        Self { addr, zone, mode }
     }
 
     /// The address to give hello as `DNS_SERVER`.
@@ -78,9 +83,9 @@ impl DnsServer {
         self.set(owner, RecordType::SRV, data);
     }
 
-    /// Switches between answering and SERVFAIL.
+    /// Switches between answering, SERVFAIL and holding queries.
     pub fn set_mode(&self, mode: Mode) {
-        self.zone.lock().unwrap().mode = mode;
+        self.mode.send_replace(mode);
     }
 
     /// Queries answered so far for `owner` and `record_type`.
@@ -113,28 +118,50 @@ async fn bind_pair() -> (UdpSocket, TcpListener) {
     panic!("no loopback port free for both UDP and TCP");
 }
 
-async fn serve_udp(socket: UdpSocket, zone: Arc<Mutex<Zone>>) {
+/// The mode to answer in, once it is not [`Mode::Hold`].
+async fn released(mode: &mut watch::Receiver<Mode>) -> Mode {
+    let released = mode
+        .wait_for(|mode| *mode != Mode::Hold)
+        .await
+        .map(|mode| *mode);
+    match released {
+        Ok(mode) => mode,
+        // The server is gone with its test.
+        Err(_) => std::future::pending().await,
+    }
+}
+
+async fn serve_udp(socket: UdpSocket, zone: Arc<Mutex<Zone>>, mut mode: watch::Receiver<Mode>) {
     let mut buffer = vec![0; 4096];
     loop {
         let Ok((len, peer)) = socket.recv_from(&mut buffer).await else {
             return;
         };
-        if let Some(response) = respond(&buffer[..len], &zone) {
+        let mode = released(&mut mode).await;
+        if let Some(response) = respond(&buffer[..len], &zone, mode) {
             let _ = socket.send_to(&response, peer).await;
         }
     }
 }
 
-async fn serve_tcp(listener: TcpListener, zone: Arc<Mutex<Zone>>) {
+async fn serve_tcp(listener: TcpListener, zone: Arc<Mutex<Zone>>, mode: watch::Receiver<Mode>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             return;
         };
-        tokio::spawn(serve_tcp_connection(stream, Arc::clone(&zone)));
+        tokio::spawn(serve_tcp_connection(
+            stream,
+            Arc::clone(&zone),
+            mode.clone(),
+        ));
     }
 }
 
-async fn serve_tcp_connection(mut stream: TcpStream, zone: Arc<Mutex<Zone>>) {
+async fn serve_tcp_connection(
+    mut stream: TcpStream,
+    zone: Arc<Mutex<Zone>>,
+    mut mode: watch::Receiver<Mode>,
+) {
     loop {
         let Ok(len) = stream.read_u16().await else {
             return;
@@ -143,7 +170,8 @@ async fn serve_tcp_connection(mut stream: TcpStream, zone: Arc<Mutex<Zone>>) {
         if stream.read_exact(&mut request).await.is_err() {
             return;
         }
-        let Some(response) = respond(&request, &zone) else {
+        let mode = released(&mut mode).await;
+        let Some(response) = respond(&request, &zone, mode) else {
             return;
         };
         let Ok(len) = u16::try_from(response.len()) else {
@@ -155,7 +183,7 @@ async fn serve_tcp_connection(mut stream: TcpStream, zone: Arc<Mutex<Zone>>) {
     }
 }
 
-fn respond(request: &[u8], zone: &Mutex<Zone>) -> Option<Vec<u8>> {
+fn respond(request: &[u8], zone: &Mutex<Zone>, mode: Mode) -> Option<Vec<u8>> {
     let request = Message::from_vec(request).ok()?;
     let query = request.queries.first()?.clone();
     let mut zone = zone.lock().unwrap();
@@ -168,7 +196,7 @@ fn respond(request: &[u8], zone: &Mutex<Zone>) -> Option<Vec<u8>> {
     response.metadata.authoritative = true;
     response.metadata.recursion_desired = request.metadata.recursion_desired;
     response.add_query(query.clone());
-    if zone.mode == Mode::ServFail {
+    if mode == Mode::ServFail {
         response.metadata.response_code = ResponseCode::ServFail;
         return response.to_vec().ok();
     }
