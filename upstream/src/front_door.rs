@@ -19,7 +19,6 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tower::discover::Change;
 
 use crate::call::{Answer, CallError, CallOptions, Caller, DecodeError, Reply, Request};
-use crate::discover::LocalZone;
 use crate::discovery::{CloudMap, CloudMapOptions, Dns, Membership};
 use crate::endpoints::{
     Discovery, EndpointReport, EndpointSet, Prober, RefreshMetrics, Refresher, Requests,
@@ -45,7 +44,8 @@ struct Inner {
     /// Stops the background tasks when the last handle drops.
     _stop_on_drop: DropGuard,
     /// The zone a discover stream prefers.
-    local_zone: Option<LocalZone>,
+    /// Zone-aware routing, when on; the calls and the discover stream share it.
+    zones: Option<Arc<ZoneRouting>>,
 }
 
 /// What the upstream knows now, to serialize (JSON for a debug route): the service's name,
@@ -94,7 +94,7 @@ impl Upstream {
         let caller = Caller::new(
             target.display_host(),
             Arc::clone(&set),
-            zones,
+            zones.clone(),
             call_options,
             registry,
         );
@@ -105,7 +105,7 @@ impl Upstream {
                 tasks: tokio::sync::Mutex::new(Some(tasks)),
                 _stop_on_drop: stop.clone().drop_guard(),
                 stop,
-                local_zone: LocalZone::new(&options.zone),
+                zones,
             }),
         })
     }
@@ -169,8 +169,8 @@ impl Upstream {
         S: Send + 'static,
     {
         let inner = &self.inner;
-        let zone = inner.local_zone.clone();
-        crate::discover::changes(inner.set.watch(), zone, make, self.clone())
+        let zones = inner.zones.clone();
+        crate::discover::changes(inner.set.watch(), zones, make, self.clone())
     }
 
     /// The service's name, as shown in messages.

@@ -9,4 +9,3 @@ mod stream;
 mod usable;
 
 pub use stream::changes;
-pub use usable::LocalZone;

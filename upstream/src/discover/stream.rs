@@ -11,19 +11,21 @@
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use futures_util::{Stream, StreamExt, stream};
 use tower::discover::Change;
 
-use super::usable::{LocalZone, usable};
+use super::usable::usable;
 use crate::endpoints::SetWatch;
+use crate::select::ZoneRouting;
 
 /// The usable endpoints of `watch`'s set as inserts and removals, each inserted endpoint's
 /// service made by `make`. `keep_alive` is held as long as the stream: whatever must live
 /// for the set to stay current (the upstream's background tasks).
 pub fn changes<S, F, K>(
     watch: SetWatch,
-    zone: Option<LocalZone>,
+    zones: Option<Arc<ZoneRouting>>,
     make: F,
     keep_alive: K,
 ) -> impl Stream<Item = Result<Change<SocketAddr, S>, Infallible>> + Send + 'static
@@ -34,7 +36,7 @@ where
 {
     let state = State {
         watch,
-        zone,
+        zones,
         held: BTreeSet::new(),
         make,
         _keep_alive: keep_alive,
@@ -49,7 +51,7 @@ where
 /// The stream's state between batches.
 struct State<F, K> {
     watch: SetWatch,
-    zone: Option<LocalZone>,
+    zones: Option<Arc<ZoneRouting>>,
     /// What the consumer holds: everything sent so far, applied.
     held: BTreeSet<SocketAddr>,
     make: F,
@@ -62,7 +64,7 @@ impl<S, F: FnMut(SocketAddr) -> S, K> State<F, K> {
     /// without endpoints when others replace them. Once the set is gone, never returns.
     async fn next_batch(&mut self) -> Vec<Result<Change<SocketAddr, S>, Infallible>> {
         loop {
-            let usable = usable(&self.watch.snapshot().endpoints, self.zone.as_ref());
+            let usable = usable(&self.watch.snapshot().endpoints, self.zones.as_deref());
             if usable != self.held {
                 let inserted: Vec<SocketAddr> = usable.difference(&self.held).copied().collect();
                 let removed: Vec<SocketAddr> = self.held.difference(&usable).copied().collect();

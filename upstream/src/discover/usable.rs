@@ -13,16 +13,16 @@
 //! timeout on a black hole, and succeeds as soon as an instance is back.
 //!
 //! Preferred zone first, as membership: when Envoy's zone-aware routing
-//! ([`crate::ZonePolicy`]) would keep every call in the caller's zone, only the local zone's
+//! ([`crate::ZonePolicy`], the picker's own rule) would keep every call in the caller's zone, only the local zone's
 //! endpoints are held; when it would send a share elsewhere, a random choice among all of
 //! them is the closest a balancer that ignores zones can come, so all are held.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::endpoints::Endpoint;
-use crate::select::ZonePolicy;
+use crate::select::ZoneRouting;
 
 /// How usable an endpoint is, best first; a balancer holds the best level present.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -45,52 +45,8 @@ fn level(endpoint: &Endpoint) -> Level {
     }
 }
 
-/// The caller's zone and the smallest set in which it is preferred, from a [`ZonePolicy`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalZone {
-    zone: Arc<str>,
-    min_size: usize,
-}
-
-impl LocalZone {
-    /// The local zone of `policy`, or `None` when zone-aware routing is off or the zone is
-    /// unknown.
-    pub fn new(policy: &ZonePolicy) -> Option<Self> {
-        let zone = policy.local.as_deref().filter(|zone| !zone.is_empty());
-        Some(Self {
-            zone: Arc::from(zone.filter(|_| policy.enabled)?),
-            min_size: policy.min_size,
-        })
-    }
-
-    /// True when zone-aware routing would keep every call local among candidates in `zones`
-    /// (one entry per candidate) of a set of `set_size`: the set is large enough, every
-    /// candidate's zone is known, and the local zone's share of the candidates is at least
-    /// its share of the callers, taken as spread evenly over the candidates' zones
-    /// (`local / total >= 1 / zones`, as in the picker's zone routing).
-    fn keeps_calls_local<'z>(
-        &self,
-        set_size: usize,
-        zones: impl Iterator<Item = Option<&'z str>>,
-    ) -> bool {
-        if set_size < self.min_size {
-            return false;
-        }
-        let mut per_zone = BTreeMap::new();
-        for zone in zones {
-            let Some(zone) = zone else {
-                return false;
-            };
-            *per_zone.entry(zone).or_insert(0_usize) += 1;
-        }
-        let total: usize = per_zone.values().sum();
-        let local = per_zone.get(&*self.zone).copied().unwrap_or(0);
-        local > 0 && local * per_zone.len() >= total
-    }
-}
-
 /// The addresses a balancer should hold now, out of `endpoints` (the whole set).
-pub fn usable(endpoints: &[Arc<Endpoint>], zone: Option<&LocalZone>) -> BTreeSet<SocketAddr> {
+pub fn usable(endpoints: &[Arc<Endpoint>], zones: Option<&ZoneRouting>) -> BTreeSet<SocketAddr> {
     let Some(best) = endpoints.iter().map(|endpoint| level(endpoint)).min() else {
         return BTreeSet::new();
     };
@@ -99,10 +55,11 @@ pub fn usable(endpoints: &[Arc<Endpoint>], zone: Option<&LocalZone>) -> BTreeSet
             .iter()
             .filter(move |endpoint| level(endpoint) == best)
     };
-    let local =
-        zone.filter(|zone| zone.keeps_calls_local(endpoints.len(), candidates().map(|e| e.zone())));
+    let local = zones
+        .filter(|zones| zones.keeps_calls_local(endpoints.len(), candidates().map(|e| e.zone())))
+        .map(ZoneRouting::local);
     candidates()
-        .filter(|endpoint| local.is_none_or(|local| endpoint.zone() == Some(&*local.zone)))
+        .filter(|endpoint| local.is_none_or(|local| endpoint.zone() == Some(local)))
         .map(|endpoint| endpoint.addr())
         .collect()
 }
@@ -150,12 +107,16 @@ mod tests {
         assert!(endpoint.is_ejected());
     }
 
-    fn local(zone: &str) -> LocalZone {
-        let policy = ZonePolicy {
+    fn local(zone: &str) -> ZoneRouting {
+        let policy = crate::select::ZonePolicy {
             local: Some(zone.into()),
-            ..ZonePolicy::default()
+            ..crate::select::ZonePolicy::default()
         };
-        LocalZone::new(&policy).unwrap()
+        ZoneRouting::new(
+            &policy,
+            &mut prometheus_client::registry::Registry::default(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -225,16 +186,5 @@ mod tests {
         zones[1] = Some("b");
         let (_elsewhere, endpoints) = proven(set_in(&zones));
         assert_eq!(usable(&endpoints, Some(&zone)).len(), 6);
-    }
-
-    #[test]
-    fn no_local_zone_or_zone_routing_off_means_no_preference() {
-        assert_eq!(LocalZone::new(&ZonePolicy::default()), None);
-        let off = ZonePolicy {
-            enabled: false,
-            local: Some("a".into()),
-            ..ZonePolicy::default()
-        };
-        assert_eq!(LocalZone::new(&off), None);
     }
 }

@@ -124,6 +124,32 @@ impl ZoneRouting {
         })
     }
 
+    /// True when every pick among `candidates` (as for [`ZoneRouting::choose`]) of a set of
+    /// `set_size` would stay in the local zone: the rule is on for this set, and the local
+    /// zone has at least its share of the candidates. A balancer that cannot weigh zones
+    /// holds only the local zone's endpoints then.
+    pub fn keeps_calls_local<'z>(
+        &self,
+        set_size: usize,
+        candidates: impl Iterator<Item = Option<&'z str>>,
+    ) -> bool {
+        if set_size < self.min_size {
+            return false;
+        }
+        let mut counts = ZoneCounts::default();
+        for zone in candidates {
+            if zone.and_then(|zone| counts.add(zone)).is_none() {
+                return false;
+            }
+        }
+        counts.keeps_local(&self.local)
+    }
+
+    /// This caller's zone.
+    pub fn local(&self) -> &str {
+        &self.local
+    }
+
     /// Counts a pick made under a [`Choice`].
     pub fn count(&self, local: bool) {
         self.picks[usize::from(!local)].inc();
@@ -158,6 +184,17 @@ impl<'z> ZoneCounts<'z> {
     fn get(&self, zone: &str) -> Option<(&'z str, usize)> {
         self.iter().find(|(z, _)| *z == zone)
     }
+
+    fn total(&self) -> usize {
+        self.iter().map(|(_, count)| count).sum()
+    }
+
+    /// True when `local` has candidates and at least its callers' share of them, callers
+    /// taken as spread evenly over the zones counted (`local / total >= 1 / zones`).
+    fn keeps_local(&self, local: &str) -> bool {
+        self.get(local)
+            .is_some_and(|(_, count)| count * self.len >= self.total())
+    }
 }
 
 /// A zone to draw the next endpoint from.
@@ -181,11 +218,12 @@ pub fn route<'z, R: Rng + ?Sized>(
     if counts.len < 2 {
         return None;
     }
-    let total: usize = counts.iter().map(|(_, count)| count).sum();
+    let total = counts.total();
     let upstream_share = |count: usize| count as f64 / total as f64;
     let caller_share = 1.0 / counts.len as f64;
-    let local_share = upstream_share(local_count);
-    if local_share >= caller_share || rng.random_range(0.0..1.0) < local_share / caller_share {
+    if counts.keeps_local(local)
+        || rng.random_range(0.0..1.0) < upstream_share(local_count) / caller_share
+    {
         return Some(local);
     }
     // Cross-zone: by residual capacity, the share each zone has beyond its callers' own.
