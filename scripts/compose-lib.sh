@@ -32,3 +32,15 @@ build_static_binaries() {
   cp /etc/ssl/certs/ca-certificates.crt "${ROOT}/target/ca-certificates.crt" \
     || die "no CA bundle at /etc/ssl/certs/ca-certificates.crt to put in hello's image"
 }
+
+# Builds the upstream crate's `call` example as a static binary for the host (a debug build:
+# it runs once per request in the tests) and exports CALL_EXAMPLE, its path, for the compose
+# tests, which run it in a container on the demo's network. Needs HOST_TARGET
+# (build_static_binaries sets it).
+build_static_call_example() {
+  echo "building the call example (static) for ${HOST_TARGET}"
+  CARGO_TARGET_DIR="${ROOT}/target" RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --locked --target "${HOST_TARGET}" -p upstream --example call
+  CALL_EXAMPLE="${ROOT}/target/${HOST_TARGET}/debug/examples/call"
+  export CALL_EXAMPLE
+}

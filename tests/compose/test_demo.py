@@ -6,6 +6,9 @@ needs. The last one stops hello.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import time
 from collections import Counter
 
@@ -160,6 +163,84 @@ def test_a_draining_name_replica_keeps_answering_then_exits_zero(stack: Stack):
     assert late_in_drain, f"no answer from {victim} in the second half of its {drain:.0f} s drain"
     assert not traffic.failures(), describe(traffic.failures())
     MEASUREMENTS["SIGTERM to one name replica (DRAIN_SECONDS=%d): it exited 0 after" % drain] = f"{exited:.1f} s"
+
+
+def call_example(stack: Stack, *args: str) -> subprocess.CompletedProcess:
+    """Runs the upstream crate's `call` example once, in a container on the demo's network
+    (Docker's DNS answers `name.internal` there), from hello's image with the example's
+    static binary mounted in: the same discovery a service copying the crate would get."""
+    binary = os.environ.get("CALL_EXAMPLE")
+    assert binary and os.path.exists(binary), "CALL_EXAMPLE is not built: run scripts/compose-e2e"
+    hello = stack.inspect(stack.container_ids("hello")[0])
+    (network,) = hello["NetworkSettings"]["Networks"]
+    return subprocess.run(
+        ["docker", "run", "--rm", "--network", network, "--read-only", "--user", "65532:65532",
+         "--cap-drop", "ALL", "-e", "RUST_LOG=warn",
+         "-v", f"{binary}:/call:ro", "--entrypoint", "/call", hello["Image"], *args],
+        capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_the_call_example_balances_over_every_name_replica(stack: Stack):
+    replicas = stack.ensure_name_replicas(3)
+
+    instances = Counter()
+    for _ in range(30):
+        run = call_example(stack, "-H", "Accept: application/json", "http://name.internal:3000/")
+        assert run.returncode == 0, run.stderr
+        instances[json.loads(run.stdout)["instance"]] += 1
+        # One line on stderr: the status, the endpoint (ip:port) and the attempts.
+        (line,) = run.stderr.strip().splitlines()
+        assert "200" in line and ":3000" in line and "attempt" in line, line
+
+    assert set(instances) == replicas, f"answers from {dict(instances)}, replicas {replicas}"
+    refused = call_example(stack, "-X", "POST", "-d", "{}", "http://name.internal:3000/")
+    assert refused.returncode == 1, refused.stderr
+    assert "405" in refused.stderr, refused.stderr
+    MEASUREMENTS["the call example, 30 runs"] = f"answers from {dict(instances)}"
+
+
+def access_lines(stack: Stack, container: str, trace_id: str) -> list[dict]:
+    """The JSON access lines in a container's log that carry `trace_id`."""
+    logs = stack.run_docker("logs", container)
+    lines = (json.loads(line) for line in logs.splitlines() if trace_id in line)
+    return [line for line in lines if line.get("message") == "request"]
+
+
+def test_one_request_is_found_by_its_trace_id_in_hello_and_name_logs(stack: Stack):
+    stack.ensure_name_replicas(3)
+    trace_id = os.urandom(16).hex()
+    traceparent = f"00-{trace_id}-{os.urandom(8).hex()}-01"
+
+    answer = requests.get(stack.url, headers={"traceparent": traceparent}, timeout=REQUEST_TIMEOUT)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["traceresponse"].split("-")[1] == trace_id
+
+    (hello,) = stack.container_ids("hello")
+    (line,) = poll(lambda: access_lines(stack, hello, trace_id), 10, what="hello's access line")
+    assert line["status"] == 200 and line["attempts"] == 1, line
+    # The one name replica that answered logged the same trace, from hello's traceparent.
+    found = {}
+    def in_name_logs():
+        found.update({cid[:12]: access_lines(stack, cid, trace_id) for cid in stack.container_ids("name")})
+        return [lines for lines in found.values() if lines]
+    (name_lines,) = poll(in_name_logs, 10, what="name's access line")
+    assert len(name_lines) == 1 and name_lines[0]["status"] == 200, name_lines
+    MEASUREMENTS["one request's trace id"] = f"{trace_id} in hello's log and in 1 of 3 name replicas' logs"
+
+
+def test_both_services_write_emf_lines(stack: Stack):
+    interval = seconds(env_of(stack, stack.container_ids("hello")[0])["METRICS_EMF_INTERVAL"])
+
+    def emf_lines(service: str) -> list[dict]:
+        logs = stack.run_docker("logs", stack.container_ids(service)[0])
+        return [json.loads(line) for line in logs.splitlines() if '"_aws"' in line]
+
+    for service in ("hello", "name"):
+        lines = poll(lambda: emf_lines(service), interval + SLACK, what=f"an EMF line from {service}")
+        directive = lines[-1]["_aws"]["CloudWatchMetrics"][0]
+        assert directive["Dimensions"] == [["Service"]], directive
+        assert lines[-1]["Service"] == service
+        assert {"Name": "Requests", "Unit": "Count"} in directive["Metrics"], directive
 
 
 def test_hello_exits_zero_promptly_on_sigterm(stack: Stack):
