@@ -601,3 +601,6 @@ fn write_failed(error: std::io::Error, written: usize) -> Failed {
         sent: written > 0,
     }
 }
+
+#[cfg(test)]
+mod conformance;
