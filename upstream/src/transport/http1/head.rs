@@ -65,6 +65,8 @@ pub fn parse_head(buf: &[u8], head_only: bool) -> Result<Parsed, WireError> {
     };
     let status = response.code.unwrap_or_default();
     match status {
+        // Three digits, but no class (RFC 9110 section 15).
+        0..=99 => return Err(WireError::Head("bad status line")),
         101 => return Err(WireError::Head("unexpected protocol switch")),
         100..=199 => return Ok(Parsed::Interim(len)),
         _ => {}
@@ -350,6 +352,8 @@ mod tests {
             &b"SSH-2.0-OpenSSH_9.6\r\n"[..],
             b"HTTP/2 200\r\n\r\n",
             b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/1.1 000 OK\r\n\r\n",
+            b"HTTP/1.1 099 OK\r\n\r\n",
         ] {
             assert!(parse_head(bad, false).is_err(), "{bad:?}");
         }
