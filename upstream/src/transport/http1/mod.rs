@@ -27,3 +27,6 @@ pub use request::{
     AttemptFields, Outgoing, field_line, is_field_value, is_origin_form, is_token, request_line,
     write_head,
 };
+
+#[cfg(test)]
+mod fuzz;
