@@ -256,7 +256,11 @@ fn fuzz(seeds: Vec<(Target, Vec<u8>)>, budget: Budget) -> Report {
         };
         let draw = draw(&mut rng, input.len());
         let signature = guarded(target, &input, &draw, || {
-            format!("seed {}, iteration {iterations}", budget.seed)
+            let seed = budget.seed;
+            let again = iterations + 1;
+            format!(
+                "seed {seed}, iteration {iterations} (again: --seed {seed} --iterations {again})"
+            )
         });
         if outcomes.insert(signature) && inputs.len() < MAX_POOL && input.len() <= MAX_KEPT {
             inputs.push(input);
