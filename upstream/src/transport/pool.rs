@@ -455,13 +455,9 @@ impl Conn {
     /// Writes the head in `out` and the body, and reads the answer's head.
     async fn exchange(&mut self, sending: Sending<'_>) -> Result<Answer, Failed> {
         self.write(sending.body).await?;
-        let (mut head, range) = self.read_head().await?;
+        let (head, range) = self.read_head(sending.head_only).await?;
         let status =
             StatusCode::from_u16(head.status).map_err(|_| WireError::Head("bad status line"))?;
-        if sending.head_only {
-            // The answer to a HEAD ends with its head; its length describes a GET's body.
-            head.framing = Framing::Length(0);
-        }
         Ok(Answer {
             head,
             status,
@@ -518,13 +514,13 @@ impl Conn {
     /// Reads the answer's final head, after any interim (1xx) answers, into a fresh buffer.
     /// Every head byte counts toward [`MAX_HEAD_BYTES`], interim heads included, whatever the
     /// reads' sizes: a head one byte longer is refused.
-    async fn read_head(&mut self) -> Result<(Head, Range<usize>), Failed> {
+    async fn read_head(&mut self, head_only: bool) -> Result<(Head, Range<usize>), Failed> {
         self.buf.clear();
         // Nothing to parse before the first read.
         self.read().await?;
         let mut start = 0;
         loop {
-            match http1::parse_head(&self.buf[start..])? {
+            match http1::parse_head(&self.buf[start..], head_only)? {
                 Parsed::Complete(head, len) if start + len <= MAX_HEAD_BYTES => {
                     return Ok((head, start..start + len));
                 }
@@ -605,3 +601,6 @@ fn write_failed(error: std::io::Error, written: usize) -> Failed {
         sent: written > 0,
     }
 }
+
+#[cfg(test)]
+mod conformance;

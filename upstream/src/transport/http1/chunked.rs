@@ -194,18 +194,27 @@ fn line(bytes: &[u8], max: usize) -> Result<Option<Line>, WireError> {
     }
 }
 
-/// The size on a chunk-size line: hex digits, then optional whitespace and extensions.
+/// The size on a chunk-size line: hex digits, then optional whitespace and extensions
+/// (RFC 9112 section 7.1.1: `BWS ";" ...`). Extensions are skipped, but may hold no control
+/// character (such as a bare CR) other than a tab.
 fn chunk_size(line: &[u8]) -> Result<u64, WireError> {
+    const BAD: WireError = WireError::Chunked("bad chunk size");
     let digits = line
         .iter()
         .position(|byte| !byte.is_ascii_hexdigit())
         .unwrap_or(line.len());
-    let rest = &line[digits..];
     if digits == 0 || digits > 16 {
-        return Err(WireError::Chunked("bad chunk size"));
+        return Err(BAD);
     }
-    if !(rest.is_empty() || matches!(rest[0], b';' | b' ' | b'\t')) {
-        return Err(WireError::Chunked("bad chunk size"));
+    let rest = &line[digits..];
+    let space = rest
+        .iter()
+        .position(|byte| !matches!(byte, b' ' | b'\t'))
+        .unwrap_or(rest.len());
+    let extensions = &rest[space..];
+    let visible = |&byte: &u8| byte == b'\t' || (byte >= 0x20 && byte != 0x7f);
+    if !(extensions.is_empty() || extensions[0] == b';' && extensions.iter().all(visible)) {
+        return Err(BAD);
     }
     line[..digits]
         .iter()
@@ -213,7 +222,7 @@ fn chunk_size(line: &[u8]) -> Result<u64, WireError> {
             let value = (digit as char).to_digit(16)?;
             size.checked_mul(16)?.checked_add(value.into())
         })
-        .ok_or(WireError::Chunked("bad chunk size"))
+        .ok_or(BAD)
 }
 
 #[cfg(test)]
@@ -262,10 +271,19 @@ mod tests {
             dechunk(b"ffffffffffffffffff\r\n", 64, 64),
             Err(WireError::Chunked("bad chunk size"))
         );
-        assert_eq!(
-            dechunk(b"zz\r\n", 64, 64),
-            Err(WireError::Chunked("bad chunk size"))
-        );
+        for bad in [
+            &b"zz\r\n"[..],
+            b"5 x\r\n",
+            b"5\t=\r\n",
+            b"5;a\rb\r\n",
+            b" 5\r\n",
+        ] {
+            assert_eq!(
+                dechunk(bad, 64, 64),
+                Err(WireError::Chunked("bad chunk size")),
+                "{bad:?}"
+            );
+        }
         assert_eq!(
             dechunk(b"1\r\nab\r\n", 64, 64),
             Err(WireError::Chunked("no line end after chunk data"))

@@ -45,8 +45,9 @@ pub enum Parsed {
     Complete(Head, usize),
 }
 
-/// Parses the answer head at the start of `buf`.
-pub fn parse_head(buf: &[u8]) -> Result<Parsed, WireError> {
+/// Parses the answer head at the start of `buf`; `head_only` when the request was a `HEAD`,
+/// whose answer has no body whatever its head says.
+pub fn parse_head(buf: &[u8], head_only: bool) -> Result<Parsed, WireError> {
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
     let parsed = httparse::ParserConfig::default()
@@ -64,18 +65,23 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed, WireError> {
     };
     let status = response.code.unwrap_or_default();
     match status {
+        // Three digits, but no class (RFC 9110 section 15).
+        0..=99 => return Err(WireError::Head("bad status line")),
         101 => return Err(WireError::Head("unexpected protocol switch")),
         100..=199 => return Ok(Parsed::Interim(len)),
         _ => {}
     }
     let http11 = response.version == Some(1);
     let facts = Facts::read(response.headers, http11)?;
-    Ok(Parsed::Complete(facts.into_head(status), len))
+    Ok(Parsed::Complete(facts.into_head(status, head_only), len))
 }
 
 /// What the header lines of a final answer say about its framing and reuse.
 struct Facts {
+    /// HTTP/1.1, or HTTP/1.0 with `keep-alive`.
     keep_alive: bool,
+    /// A `close` option, on any `Connection` line: it ends reuse whatever else they say.
+    close: bool,
     length: Option<u64>,
     /// Whether the final transfer coding is chunked, when there is one.
     chunked: Option<bool>,
@@ -86,6 +92,7 @@ impl Facts {
     fn read(headers: &[httparse::Header<'_>], http11: bool) -> Result<Self, WireError> {
         let mut facts = Self {
             keep_alive: http11,
+            close: false,
             length: None,
             chunked: None,
             retry_after: None,
@@ -95,6 +102,11 @@ impl Facts {
             if name.eq_ignore_ascii_case("content-length") {
                 facts.content_length(header.value)?;
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                // HTTP/1.0 has no transfer codings: the framing is faulty (RFC 9112
+                // section 6.1), and a client discards such an answer (section 6.3, item 5).
+                if !http11 {
+                    return Err(WireError::Head("Transfer-Encoding in HTTP/1.0"));
+                }
                 // The final coding decides; several headers make one list.
                 if let Some(last) = tokens(header.value).last() {
                     facts.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
@@ -124,27 +136,31 @@ impl Facts {
         Ok(())
     }
 
-    /// One `Connection` line: `close` ends reuse; `keep-alive` asks for it in HTTP/1.0.
+    /// One `Connection` line: `close` ends reuse (RFC 9112 section 9.6), even beside a
+    /// `keep-alive`; `keep-alive` asks for it in HTTP/1.0.
     fn connection(&mut self, value: &[u8], http11: bool) {
         for token in tokens(value) {
             if token.eq_ignore_ascii_case(b"close") {
-                self.keep_alive = false;
+                self.close = true;
             } else if token.eq_ignore_ascii_case(b"keep-alive") && !http11 {
                 self.keep_alive = true;
             }
         }
     }
 
-    /// The head of a final answer with `status`, its framing by RFC 9112 section 6.3.
-    fn into_head(mut self, status: u16) -> Head {
-        let framing = if status == 204 || status == 304 {
+    /// The head of a final answer with `status` (to a `HEAD` when `head_only`), its framing
+    /// by RFC 9112 section 6.3.
+    fn into_head(mut self, status: u16, head_only: bool) -> Head {
+        // A length beside a transfer coding may have been meant for another hop: the
+        // connection is not reused after such an answer (section 6.3, item 3), whatever its
+        // status.
+        if self.chunked.is_some() && self.length.is_some() {
+            self.keep_alive = false;
+        }
+        let framing = if head_only || status == 204 || status == 304 {
+            // No body (item 1): the answer ends with its head.
             Framing::Length(0)
         } else if let Some(chunked) = self.chunked {
-            // A length beside a transfer coding may have been meant for another hop: the
-            // connection is not reused after such an answer (RFC 9112 section 6.3, item 3).
-            if self.length.is_some() {
-                self.keep_alive = false;
-            }
             if chunked {
                 Framing::Chunked
             } else {
@@ -158,7 +174,7 @@ impl Facts {
         Head {
             status,
             framing,
-            keep_alive: self.keep_alive && framing != Framing::UntilClose,
+            keep_alive: self.keep_alive && !self.close && framing != Framing::UntilClose,
             retry_after: self.retry_after,
         }
     }
@@ -191,7 +207,7 @@ mod tests {
     use super::*;
 
     fn complete(bytes: &[u8]) -> (Head, usize) {
-        match parse_head(bytes) {
+        match parse_head(bytes, false) {
             Ok(Parsed::Complete(head, len)) => (head, len),
             other => panic!("not a complete head: {other:?}"),
         }
@@ -211,7 +227,7 @@ mod tests {
                 retry_after: None
             }
         );
-        assert_eq!(parse_head(&bytes[..20]), Ok(Parsed::Partial));
+        assert_eq!(parse_head(&bytes[..20], false), Ok(Parsed::Partial));
     }
 
     #[test]
@@ -226,9 +242,32 @@ mod tests {
         let old_kept =
             complete(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n").0;
         assert!(old_kept.keep_alive);
+        // `close` on any line wins, whatever line comes after it.
+        let old_closed = complete(
+            b"HTTP/1.0 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\n\
+              Content-Length: 0\r\n\r\n",
+        )
+        .0;
+        assert!(!old_closed.keep_alive);
         let until_close = complete(b"HTTP/1.1 200 OK\r\n\r\n").0;
         assert_eq!(until_close.framing, Framing::UntilClose);
         assert!(!until_close.keep_alive);
+    }
+
+    #[test]
+    fn an_answer_to_head_ends_with_its_head() {
+        for bytes in [
+            &b"HTTP/1.1 200 OK\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            let Ok(Parsed::Complete(head, len)) = parse_head(bytes, true) else {
+                panic!("not a complete head: {bytes:?}");
+            };
+            assert_eq!(len, bytes.len());
+            assert_eq!(head.framing, Framing::Length(0));
+            assert!(head.keep_alive, "{bytes:?}");
+        }
     }
 
     #[test]
@@ -243,6 +282,22 @@ mod tests {
         assert!(chunked.keep_alive);
         let gzip = complete(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n").0;
         assert_eq!(gzip.framing, Framing::UntilClose);
+        // Both on an answer without a body still end reuse.
+        let no_content =
+            complete(b"HTTP/1.1 204 OK\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .0;
+        assert!(!no_content.keep_alive);
+    }
+
+    #[test]
+    fn a_transfer_coding_in_http_1_0_is_refused() {
+        assert_eq!(
+            parse_head(
+                b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false
+            ),
+            Err(WireError::Head("Transfer-Encoding in HTTP/1.0"))
+        );
     }
 
     #[test]
@@ -261,7 +316,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length:\r\n\r\n",
         ] {
             assert!(
-                matches!(parse_head(bad), Err(WireError::Head(_))),
+                matches!(parse_head(bad, false), Err(WireError::Head(_))),
                 "{bad:?}"
             );
         }
@@ -271,14 +326,14 @@ mod tests {
     fn interim_answers_are_skipped_and_no_body_statuses_have_none() {
         let bytes =
             b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
-        let Ok(Parsed::Interim(len)) = parse_head(bytes) else {
+        let Ok(Parsed::Interim(len)) = parse_head(bytes, false) else {
             panic!("not interim");
         };
         let (head, _) = complete(&bytes[len..]);
         assert_eq!(head.status, 204);
         assert_eq!(head.framing, Framing::Length(0));
         assert!(head.keep_alive);
-        assert!(parse_head(b"HTTP/1.1 101 Switching Protocols\r\n\r\n").is_err());
+        assert!(parse_head(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false).is_err());
     }
 
     #[test]
@@ -297,13 +352,15 @@ mod tests {
             &b"SSH-2.0-OpenSSH_9.6\r\n"[..],
             b"HTTP/2 200\r\n\r\n",
             b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/1.1 000 OK\r\n\r\n",
+            b"HTTP/1.1 099 OK\r\n\r\n",
         ] {
-            assert!(parse_head(bad).is_err(), "{bad:?}");
+            assert!(parse_head(bad, false).is_err(), "{bad:?}");
         }
         let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: y\r\n")).collect();
         let bytes = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
         assert_eq!(
-            parse_head(bytes.as_bytes()),
+            parse_head(bytes.as_bytes(), false),
             Err(WireError::Head("too many headers"))
         );
     }

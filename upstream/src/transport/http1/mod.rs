@@ -6,11 +6,12 @@
 //!
 //! The answer's framing follows RFC 9112 section 6.3
 //! (<https://www.rfc-editor.org/rfc/rfc9112#section-6.3>): no body for 1xx, 204 and 304 (and
-//! for any answer to `HEAD`, which the pool knows); `Transfer-Encoding` over `Content-Length`;
-//! chunked when it is the final coding, else until the connection closes; `Content-Length`
-//! values that disagree are an error; neither, and the body runs to the close. A connection is
-//! reused only when the answer was HTTP/1.1 without `Connection: close` (or HTTP/1.0 with
-//! `keep-alive`), its length was known, and nothing followed it.
+//! for any answer to `HEAD`); `Transfer-Encoding` over `Content-Length`; chunked when it is
+//! the final coding, else until the connection closes; `Content-Length` values that disagree
+//! are an error, and so is a transfer coding in HTTP/1.0 (section 6.1); neither, and the body
+//! runs to the close. A connection is reused only when the answer was HTTP/1.1 without
+//! `Connection: close` (or HTTP/1.0 with `keep-alive` and no `close`), did not carry both
+//! `Transfer-Encoding` and `Content-Length`, its length was known, and nothing followed it.
 
 mod chunked;
 mod error;
@@ -26,3 +27,6 @@ pub use request::{
     AttemptFields, Outgoing, field_line, is_field_value, is_origin_form, is_token, request_line,
     write_head,
 };
+
+#[cfg(test)]
+mod fuzz;
