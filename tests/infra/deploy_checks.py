@@ -880,6 +880,8 @@ def documented_parameter_names(text: str, known: set[str]) -> set[str]:
     a parameter of some template (`Cpu`, `MinCapacity`)."""
     overrides = set(re.findall(r"(?<![\w/.-])([A-Z][a-z][A-Za-z0-9]*)=(?!=)", text))
     overrides.discard("Key")  # the placeholder in "Key=Value"
+    # The fields of the ALB's X-Amzn-Trace-Id header, which the README's logging section shows.
+    overrides -= {"Root", "Self", "Parent", "Sampled"}
     quoted = set(re.findall(r"`([A-Z][A-Za-z0-9]+)`", text)) & known
     return overrides | quoted
 
