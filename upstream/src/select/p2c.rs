@@ -4,9 +4,10 @@
 //! [`EXTRA_PAIRS`] more pairs are drawn, and the first winner with none ends the search (the
 //! least loaded of those drawn goes otherwise). A request on an endpoint that is already busy
 //! needs a second connection there, and each endpoint's pool keeps as many as its recent peak
-//! of requests in flight: with many endpoints and few requests, one pair in twenty drew two
-//! busy ones, so every endpoint kept two connections; a further pair almost always finds a
-//! free one, so each keeps about one, and the load is spread more evenly too.
+//! of requests in flight. With 32 requests over 128 endpoints, one pair in twenty draws two
+//! busy endpoints: one pair alone would bring every endpoint to two requests at once within a
+//! second, and so to two connections; the further pairs almost always find a free one, so
+//! each keeps about one, and the load is spread more evenly too.
 //!
 //! Candidates come from the best tier that has any untried endpoint: ready ones first, then
 //! doubtful ones (never answered, or cooling down after saying they are overloaded), then
