@@ -1,9 +1,21 @@
 //! Choosing an endpoint: power of two choices on requests in flight. Two endpoints are drawn
 //! at random and the less loaded one wins; ties go to the first drawn, so equal load means a
-//! uniform random choice. Candidates come from the best tier that has any untried endpoint:
-//! ready ones first, then doubtful ones (never answered, or cooling down after saying they
-//! are overloaded), then ejected ones, so that with nothing better left a call still tries
-//! something rather than nothing (Cloud Map fails open the same way).
+//! uniform random choice. When the winner already has a request in flight, up to
+//! [`EXTRA_PAIRS`] more pairs are drawn, and the first winner with none ends the search (the
+//! least loaded of those drawn goes otherwise). A request on an endpoint that is already busy
+//! needs a second connection there, and each endpoint's pool keeps as many as its recent peak
+//! of requests in flight. With 32 requests over 128 endpoints, one pair in twenty draws two
+//! busy endpoints: one pair alone would bring every endpoint to two requests at once within a
+//! second, and so to two connections; the further pairs almost always find a free one, so
+//! each keeps about one, and the load is spread more evenly too.
+//!
+//! Candidates come from the best tier that has any untried endpoint: ready ones first, then
+//! doubtful ones (never answered, or cooling down after saying they are overloaded), then
+//! ejected ones, so that with nothing better left a call still tries something rather than
+//! nothing (Cloud Map fails open the same way). Without zones, a pair is first drawn from the
+//! whole set, each draw kept only when ready and untried: a few draws find them in the usual
+//! case, at a cost that does not grow with the set, and only when they do not are the tiers
+//! counted (the pair is uniform among the ready, untried endpoints either way).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,12 +24,16 @@ use rand::{Rng, RngExt};
 use tokio::time::Instant;
 
 use super::ZoneRouting;
-use crate::endpoints::Endpoint;
+use crate::endpoints::{Endpoint, Tier};
+
+/// Pairs drawn after the first while the winner is busy.
+const EXTRA_PAIRS: usize = 2;
+/// Draws from the whole set for each endpoint of a pair, before the tiers are counted.
+const QUICK_DRAWS: usize = 4;
 
 /// Picks an endpoint for the next attempt, or `None` when every endpoint has been tried.
 /// With zone-aware picking on, the zone to draw from is chosen first among the candidates
-/// (`zone`). Allocates nothing without zones: one pass finds the best tier and counts its
-/// candidates, a second finds the two drawn.
+/// (`zone`). Allocates nothing without zones.
 pub fn pick<'a, R: Rng + ?Sized>(
     endpoints: &'a [Arc<Endpoint>],
     zones: Option<&ZoneRouting>,
@@ -25,11 +41,93 @@ pub fn pick<'a, R: Rng + ?Sized>(
     now: Instant,
     rng: &mut R,
 ) -> Option<&'a Arc<Endpoint>> {
-    let untried = |endpoint: &&Arc<Endpoint>| !tried.contains(&endpoint.addr());
-    // The best tier among the untried endpoints, and how many are in it, in one pass.
+    match zones {
+        Some(routing) => pick_zoned(endpoints, routing, tried, now, rng),
+        None => least_busy(|| {
+            ready_pair(endpoints, tried, now, rng).or_else(|| tier_pair(endpoints, tried, now, rng))
+        }),
+    }
+}
+
+/// The winner of `draw`'s pair, and of up to [`EXTRA_PAIRS`] more while it is busy: the
+/// first without a request in flight, or the least loaded (the earliest among equals).
+fn least_busy<'a>(
+    mut draw: impl FnMut() -> Option<&'a Arc<Endpoint>>,
+) -> Option<&'a Arc<Endpoint>> {
+    let mut winner = draw()?;
+    for _ in 0..EXTRA_PAIRS {
+        let load = winner.in_flight();
+        if load == 0 {
+            break;
+        }
+        match draw() {
+            Some(other) if other.in_flight() < load => winner = other,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    Some(winner)
+}
+
+/// The less loaded of two ready, untried endpoints drawn from the whole set, or `None` when
+/// [`QUICK_DRAWS`] draws for either found none (few such endpoints, or none).
+fn ready_pair<'a, R: Rng + ?Sized>(
+    endpoints: &'a [Arc<Endpoint>],
+    tried: &[SocketAddr],
+    now: Instant,
+    rng: &mut R,
+) -> Option<&'a Arc<Endpoint>> {
+    let n = endpoints.len();
+    if n < 2 {
+        return None;
+    }
+    let usable = |i: usize| {
+        let endpoint = &endpoints[i];
+        endpoint.tier(now) == Tier::Ready && !tried.contains(&endpoint.addr())
+    };
+    let first = (0..QUICK_DRAWS)
+        .map(|_| rng.random_range(0..n))
+        .find(|&i| usable(i))?;
+    // A second index different from the first, uniformly.
+    let second = (0..QUICK_DRAWS)
+        .map(|_| (first + rng.random_range(1..n)) % n)
+        .find(|&i| usable(i))?;
+    Some(less_loaded(&endpoints[first], &endpoints[second]))
+}
+
+/// The less loaded of two endpoints drawn from the best tier among the untried ones: one pass
+/// finds the tier and counts its candidates, a second finds the two drawn.
+fn tier_pair<'a, R: Rng + ?Sized>(
+    endpoints: &'a [Arc<Endpoint>],
+    tried: &[SocketAddr],
+    now: Instant,
+    rng: &mut R,
+) -> Option<&'a Arc<Endpoint>> {
+    let (best, count) = best_tier(endpoints, tried, now)?;
+    let mut candidates = endpoints
+        .iter()
+        .filter(|endpoint| !tried.contains(&endpoint.addr()) && endpoint.tier(now) == best);
+    if count == 1 {
+        return candidates.next();
+    }
+    let first = rng.random_range(0..count);
+    let second = (first + rng.random_range(1..count)) % count;
+    let (low, high) = (first.min(second), first.max(second));
+    let a = candidates.nth(low)?;
+    let b = candidates.nth(high - low - 1)?;
+    let (first, second) = if first < second { (a, b) } else { (b, a) };
+    Some(less_loaded(first, second))
+}
+
+/// The best tier among the untried endpoints, and how many are in it, in one pass.
+fn best_tier(
+    endpoints: &[Arc<Endpoint>],
+    tried: &[SocketAddr],
+    now: Instant,
+) -> Option<(Tier, usize)> {
     let mut best = None;
     let mut count = 0;
-    for endpoint in endpoints.iter().filter(untried) {
+    for endpoint in endpoints.iter().filter(|e| !tried.contains(&e.addr())) {
         let tier = endpoint.tier(now);
         match best {
             Some(current) if tier > current => {}
@@ -40,42 +138,34 @@ pub fn pick<'a, R: Rng + ?Sized>(
             }
         }
     }
-    let best = best?;
-    let in_tier = |endpoint: &&Arc<Endpoint>| untried(endpoint) && endpoint.tier(now) == best;
-    if let Some(routing) = zones
-        && let Some(choice) = routing.choose(
-            endpoints.len(),
-            endpoints
-                .iter()
-                .filter(in_tier)
-                .map(|endpoint| endpoint.zone()),
-            rng,
-        )
-    {
-        let in_zone =
-            |endpoint: &&Arc<Endpoint>| in_tier(endpoint) && endpoint.zone() == Some(choice.zone);
-        let picked = power_of_two(endpoints.iter().filter(in_zone), rng);
-        if picked.is_some() {
-            routing.count(choice.local);
-        }
-        return picked;
+    Some((best?, count))
+}
+
+/// With zones: the zone chosen among the best tier's candidates, then pairs drawn in it.
+fn pick_zoned<'a, R: Rng + ?Sized>(
+    endpoints: &'a [Arc<Endpoint>],
+    routing: &ZoneRouting,
+    tried: &[SocketAddr],
+    now: Instant,
+    rng: &mut R,
+) -> Option<&'a Arc<Endpoint>> {
+    let (best, _) = best_tier(endpoints, tried, now)?;
+    let in_tier =
+        |endpoint: &&Arc<Endpoint>| !tried.contains(&endpoint.addr()) && endpoint.tier(now) == best;
+    let candidate_zones = endpoints
+        .iter()
+        .filter(in_tier)
+        .map(|endpoint| endpoint.zone());
+    let Some(choice) = routing.choose(endpoints.len(), candidate_zones, rng) else {
+        return least_busy(|| power_of_two(endpoints.iter().filter(in_tier), rng));
+    };
+    let in_zone =
+        |endpoint: &&Arc<Endpoint>| in_tier(endpoint) && endpoint.zone() == Some(choice.zone);
+    let picked = least_busy(|| power_of_two(endpoints.iter().filter(in_zone), rng));
+    if picked.is_some() {
+        routing.count(choice.local);
     }
-    // Without zones: two distinct candidates drawn by index, found in one more pass.
-    let mut candidates = endpoints.iter().filter(in_tier);
-    if count == 1 {
-        return candidates.next();
-    }
-    let first = rng.random_range(0..count);
-    let second = (first + rng.random_range(1..count)) % count;
-    let (low, high) = (first.min(second), first.max(second));
-    let a = candidates.nth(low)?;
-    let b = candidates.nth(high - low - 1)?;
-    let (first, second) = if first < second { (a, b) } else { (b, a) };
-    Some(if second.in_flight() < first.in_flight() {
-        second
-    } else {
-        first
-    })
+    picked
 }
 
 /// Draws two distinct candidates uniformly and returns the one with fewer requests in flight.
@@ -93,8 +183,17 @@ fn power_of_two<'a, R: Rng + ?Sized>(
             let second = (first + rng.random_range(1..n)) % n;
             let a = candidates.clone().nth(first)?;
             let b = candidates.clone().nth(second)?;
-            Some(if b.in_flight() < a.in_flight() { b } else { a })
+            Some(less_loaded(a, b))
         }
+    }
+}
+
+/// `second` when it has fewer requests in flight than `first`, `first` otherwise.
+fn less_loaded<'a>(first: &'a Arc<Endpoint>, second: &'a Arc<Endpoint>) -> &'a Arc<Endpoint> {
+    if second.in_flight() < first.in_flight() {
+        second
+    } else {
+        first
     }
 }
 
@@ -171,6 +270,69 @@ mod tests {
         let counts = tally(&endpoints, &[], 300);
         // With three endpoints every pair that draws the busy one also draws an idle one.
         assert_eq!(counts.get(&endpoints[0].addr()), None, "{counts:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_winner_gives_way_to_a_free_endpoint_of_another_pair() {
+        let set = set_of(8);
+        let endpoints = set.snapshot().endpoints.clone();
+        let _busy: Vec<_> = endpoints[..6].iter().map(|e| e.start()).collect();
+        let counts = tally(&endpoints, &[], 1000);
+        let free: usize = endpoints[6..]
+            .iter()
+            .map(|e| counts.get(&e.addr()).copied().unwrap_or(0))
+            .sum();
+        // One pair finds a free endpoint with probability 1 - 6/8 * 5/7 (46%); three pairs
+        // 85%. Busy endpoints need a second connection, so they are passed over when the
+        // further pairs find a free one.
+        assert!(
+            free > 750,
+            "{free} of 1000 on the two free endpoints: {counts:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_extra_pairs_still_prefer_the_less_busy() {
+        let set = set_of(3);
+        let endpoints = set.snapshot().endpoints.clone();
+        // Every endpoint busy: the extra pairs are drawn, and the least loaded still wins.
+        let _one: Vec<_> = (0..1).map(|_| endpoints[0].start()).collect();
+        let _two: Vec<_> = (0..2).map(|_| endpoints[1].start()).collect();
+        let _three: Vec<_> = (0..3).map(|_| endpoints[2].start()).collect();
+        let counts = tally(&endpoints, &[], 300);
+        assert_eq!(counts.get(&endpoints[2].addr()), None, "{counts:?}");
+        assert!(counts[&endpoints[0].addr()] > counts[&endpoints[1].addr()]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn few_ready_endpoints_in_a_large_set_are_found_and_spread_over() {
+        let set = set_of(4);
+        let ready: Vec<SocketAddr> = set.snapshot().endpoints.iter().map(|e| e.addr()).collect();
+        // 124 more that never answered: the draws from the whole set rarely hit a ready one,
+        // and the tiers are counted instead.
+        let addrs: BTreeSet<SocketAddr> = (1..=128)
+            .map(|i| SocketAddr::from(([10, 0, 0, i], 3000)))
+            .collect();
+        set.apply(&addrs, Discovery::Resolved);
+        let endpoints = set.snapshot().endpoints.clone();
+        let counts = tally(&endpoints, &[], 2000);
+        assert_eq!(
+            counts.keys().copied().collect::<BTreeSet<_>>(),
+            ready.iter().copied().collect::<BTreeSet<_>>()
+        );
+        for count in counts.values() {
+            assert!((400..=600).contains(count), "{counts:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_ready_set_is_spread_over_evenly() {
+        let set = set_of(128);
+        let counts = tally(&set.snapshot().endpoints, &[], 12800);
+        assert_eq!(counts.len(), 128);
+        for count in counts.values() {
+            assert!((50..=150).contains(count), "{counts:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
