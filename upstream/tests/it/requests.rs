@@ -204,12 +204,50 @@ async fn the_body_bound_is_exact_for_lengths_and_chunks() {
     let (upstream, _registry) = fixed(raw.addr, |options| options.max_answer_bytes = 1000);
     let full = upstream.send(&Request::get("/1000").unwrap()).await;
     assert_eq!(full.unwrap().answer.body().as_ref(), vec![b'y'; 1000]);
+    let over = upstream
+        .send(&Request::get("/1001").unwrap())
+        .await
+        .unwrap_err();
     assert!(
-        upstream
-            .send(&Request::get("/1001").unwrap())
-            .await
-            .is_err()
+        over.chain().contains("answer larger than 1000 bytes"),
+        "{}",
+        over.chain()
     );
+}
+
+/// An answer framed by the connection's close (no length, not chunked): read to the bound and
+/// no further. One byte over, the attempt fails on the bound itself (not on a length or a
+/// decoder), is counted as a bad response and an answer too large, and is not repeated on the
+/// one endpoint.
+#[tokio::test]
+async fn the_body_bound_is_exact_for_an_answer_ending_at_the_close() {
+    let raw = Raw::start(local(), |seen| {
+        let size: usize = seen.target[1..].parse().unwrap();
+        let mut answer = b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n".to_vec();
+        answer.resize(answer.len() + size, b'z');
+        Act::Last(answer)
+    });
+    let (upstream, registry) = fixed(raw.addr, |options| options.max_answer_bytes = 1000);
+
+    let full = upstream.send(&Request::get("/1000").unwrap()).await;
+    assert_eq!(full.unwrap().answer.body().as_ref(), vec![b'z'; 1000]);
+    let over = upstream
+        .send(&Request::get("/1001").unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(over.kind(), "all_attempts_failed");
+    assert!(
+        over.chain().contains("answer larger than 1000 bytes"),
+        "{}",
+        over.chain()
+    );
+    let count = |sample: &str| crate::helpers::metric(&registry, sample);
+    assert_eq!(count("upstream_answers_too_large_total"), 1.0);
+    assert_eq!(
+        count("upstream_attempts_total{outcome=\"bad_response\"}"),
+        1.0
+    );
+    assert_eq!(count("upstream_attempts_total{outcome=\"ok\"}"), 1.0);
 }
 
 #[tokio::test]
