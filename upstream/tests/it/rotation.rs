@@ -1,0 +1,162 @@
+//! Which endpoints take the calls: a retry goes to an endpoint its call has not tried yet, and
+//! an ejected endpoint is back in rotation once its probe answers, while the others serve
+//! (nothing is left to fail open to it). Two raw instances on one port behind a DNS name; both
+//! answer the probes (`GET /healthz`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use upstream::{Request, Upstream};
+
+use crate::helpers::{Act, Raw, discovered, metric, ok, same_port};
+
+/// A 500 answer, length-framed.
+const SERVER_ERROR: &[u8] = b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n";
+
+/// Each endpoint's state as the upstream reports it, by address.
+fn states(upstream: &Upstream) -> HashMap<SocketAddr, String> {
+    let report = serde_json::to_value(upstream.report()).unwrap();
+    report["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|endpoint| {
+            let addr = endpoint["address"].as_str().unwrap().parse().unwrap();
+            (addr, endpoint["state"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+/// True when the upstream reports `addr` in `state`.
+fn is(upstream: &Upstream, addr: SocketAddr, state: &str) -> bool {
+    states(upstream).get(&addr).is_some_and(|now| now == state)
+}
+
+/// Polls `done` every 10 ms until it holds or ten seconds pass.
+async fn within_10s(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+fn get() -> Request {
+    Request::get("/").unwrap()
+}
+
+#[tokio::test]
+async fn a_retry_goes_to_an_endpoint_the_call_has_not_tried() {
+    // Both endpoints proven and ready; one fails every call, and is never ejected: only the
+    // call's own list of endpoints tried keeps its retry off the failing one (drawn again,
+    // one call in four would fail).
+    let listeners = same_port(2);
+    let (upstream, registry, _dns) = discovered(&listeners, |options| {
+        options.retry.max_attempts = 2;
+        options.retry.budget_min_per_second = 1000;
+        options.ejection.after_failures = u32::MAX;
+        options.hedge.enabled = false;
+    })
+    .await;
+    let mut listeners = listeners.into_iter();
+    let failing = Raw::start(listeners.next().unwrap(), |_| {
+        Act::Answer(SERVER_ERROR.to_vec())
+    });
+    let good = Raw::start(listeners.next().unwrap(), |_| Act::Answer(ok("good")));
+    assert!(
+        within_10s(|| is(&upstream, failing.addr, "healthy") && is(&upstream, good.addr, "healthy"))
+            .await,
+        "{:?}",
+        states(&upstream)
+    );
+
+    for call in 0..60 {
+        let reply = upstream
+            .send(&get())
+            .await
+            .unwrap_or_else(|err| panic!("call {call}: {}", err.chain()));
+        assert_eq!(reply.endpoint, good.addr);
+    }
+    // The failing endpoint was drawn first about half the time, and each time the retry went
+    // to the other.
+    let retried = failing.seen().len();
+    assert!(retried > 0, "the failing endpoint was never drawn");
+    assert_eq!(metric(&registry, "upstream_retries_total"), retried as f64);
+    assert!(
+        is(&upstream, failing.addr, "healthy"),
+        "{:?}",
+        states(&upstream)
+    );
+}
+
+#[tokio::test]
+async fn an_ejected_endpoint_is_back_in_rotation_once_its_probe_answers() {
+    let listeners = same_port(2);
+    let (upstream, _registry, _dns) = discovered(&listeners, |options| {
+        options.retry.max_attempts = 1;
+        options.ejection.after_failures = 1;
+        options.ejection.base_time = Duration::from_millis(200);
+        options.probe.interval = Duration::from_millis(50);
+        options.hedge.enabled = false;
+    })
+    .await;
+    let broken = Arc::new(AtomicBool::new(true));
+    let mut listeners = listeners.into_iter();
+    let flaky = Raw::start(listeners.next().unwrap(), {
+        let broken = Arc::clone(&broken);
+        move |_| match broken.load(Ordering::Relaxed) {
+            true => Act::Answer(SERVER_ERROR.to_vec()),
+            false => Act::Answer(ok("flaky")),
+        }
+    });
+    let steady = Raw::start(listeners.next().unwrap(), |_| Act::Answer(ok("steady")));
+    assert!(
+        within_10s(|| is(&upstream, flaky.addr, "healthy") && is(&upstream, steady.addr, "healthy"))
+            .await,
+        "{:?}",
+        states(&upstream)
+    );
+
+    // Calls until one fails on the flaky endpoint, which ejects it.
+    for _ in 0..200 {
+        if is(&upstream, flaky.addr, "ejected") {
+            break;
+        }
+        let _ = upstream.send(&get()).await;
+    }
+    assert!(
+        is(&upstream, flaky.addr, "ejected"),
+        "{:?}",
+        states(&upstream)
+    );
+    broken.store(false, Ordering::Relaxed);
+
+    // The steady endpoint takes every call meanwhile, so no call goes to the ejected one:
+    // only its probe can bring it back.
+    assert!(
+        within_10s(|| is(&upstream, flaky.addr, "healthy")).await,
+        "{:?}",
+        states(&upstream)
+    );
+    assert!(
+        is(&upstream, steady.addr, "healthy"),
+        "{:?}",
+        states(&upstream)
+    );
+    let mut answered_by_flaky = false;
+    for _ in 0..200 {
+        let reply = upstream.send(&get()).await.unwrap();
+        if reply.endpoint == flaky.addr {
+            answered_by_flaky = true;
+            break;
+        }
+    }
+    assert!(answered_by_flaky, "the readmitted endpoint takes no calls");
+}
