@@ -1,7 +1,8 @@
-//! Which endpoints take the calls: a retry goes to an endpoint its call has not tried yet, and
-//! an ejected endpoint is back in rotation once its probe answers, while the others serve
-//! (nothing is left to fail open to it). Two raw instances on one port behind a DNS name; both
-//! answer the probes (`GET /healthz`).
+//! Which endpoints take the calls: a retry goes to an endpoint its call has not tried yet; an
+//! ejected endpoint is back in rotation once its probe answers, while the others serve
+//! (nothing is left to fail open to it); and an endpoint whose probe fails while another serves
+//! is ejected without a call. Raw instances on one port behind a DNS name; they answer the
+//! probes (`GET /healthz`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,9 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use upstream::{Request, Upstream};
+use upstream::{Request, TtlBounds, Upstream};
 
-use crate::helpers::{Act, Raw, discovered, metric, ok, same_port};
+use crate::helpers::{Act, Raw, SERVICE, discovered, ip, metric, ok, same_port};
 
 /// A 500 answer, length-framed.
 const SERVER_ERROR: &[u8] = b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n";
@@ -159,4 +160,42 @@ async fn an_ejected_endpoint_is_back_in_rotation_once_its_probe_answers() {
         }
     }
     assert!(answered_by_flaky, "the readmitted endpoint takes no calls");
+}
+
+#[tokio::test]
+async fn an_endpoint_that_fails_its_probe_while_another_serves_is_ejected() {
+    // One instance, proven by its probe; then a second record whose address refuses
+    // connections. Its probe runs alone in its round: only the proven endpoint says the
+    // network works, and with it serving, a failed probe means a dead endpoint.
+    let mut listeners = same_port(2);
+    let dead = listeners.pop().unwrap();
+    let (upstream, _registry, dns) = discovered(&listeners, |options| {
+        options.ttl = TtlBounds {
+            min: Duration::from_millis(50),
+            max: Duration::from_millis(100),
+        };
+        options.probe.interval = Duration::from_millis(50);
+    })
+    .await;
+    let ips = [ip(&listeners[0]), ip(&dead)];
+    let serving = Raw::start(listeners.pop().unwrap(), |_| Act::Answer(ok("serving")));
+    assert!(
+        within_10s(|| is(&upstream, serving.addr, "healthy")).await,
+        "{:?}",
+        states(&upstream)
+    );
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    dns.set_a(SERVICE, &ips);
+
+    assert!(
+        within_10s(|| is(&upstream, dead_addr, "ejected")).await,
+        "{:?}",
+        states(&upstream)
+    );
+    assert!(
+        is(&upstream, serving.addr, "healthy"),
+        "{:?}",
+        states(&upstream)
+    );
 }
