@@ -297,6 +297,51 @@ async fn a_calls_own_deadline_replaces_the_upstreams() {
 }
 
 #[tokio::test]
+async fn a_connection_the_answer_closes_carries_no_further_request() {
+    // The server says `connection: close` but leaves the connection open: only the answer's
+    // word keeps the next request off it.
+    let raw = Raw::start(local(), |_| {
+        Act::Answer(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok".to_vec())
+    });
+    let (upstream, _registry) = fixed(raw.addr, |_| {});
+
+    for _ in 0..2 {
+        let reply = upstream.send(&Request::get("/").unwrap()).await.unwrap();
+        assert_eq!(reply.answer.body().as_ref(), b"ok");
+    }
+
+    let nths: Vec<usize> = raw.seen().iter().map(|seen| seen.nth).collect();
+    assert_eq!(
+        nths,
+        [0, 0],
+        "the second request went on the closed connection"
+    );
+}
+
+#[tokio::test]
+async fn a_call_with_no_deadline_of_its_own_has_the_attempt_timeout_alone() {
+    // A deadline beyond what the clock holds stands for a year: a call still has each
+    // attempt's timeout, here long enough for an answer that takes over two seconds.
+    let addr = echo(local());
+    let (upstream, _registry) = fixed(addr, |options| {
+        options.hedge.enabled = false;
+        options.retry.attempt_timeout = Duration::from_secs(30);
+        options.retry.request_timeout = Duration::from_secs(30);
+    });
+
+    let reply = upstream
+        .send(
+            &Request::get("/slow/2100")
+                .unwrap()
+                .with_timeout(Duration::MAX),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("{}", err.chain()));
+
+    assert_eq!(reply.answer.status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn a_line_end_put_in_through_any_constructor_never_reaches_the_wire() {
     let raw = Raw::start(local(), |_| Act::Answer(ok("fine")));
     let injected = "a\r\nx-injected: 1";
