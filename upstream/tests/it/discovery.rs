@@ -75,6 +75,7 @@ async fn the_first_call_waits_for_discoverys_first_answer() {
     let reply = call.await.unwrap().unwrap();
     assert_eq!(reply.answer.status(), 200);
     assert_eq!(upstream.known_endpoints(), 1);
+    assert_eq!(upstream.name(), "svc.internal", "the name messages show");
 }
 
 #[tokio::test]

@@ -98,6 +98,28 @@ async fn a_retry_goes_to_an_endpoint_the_call_has_not_tried() {
 }
 
 #[tokio::test]
+async fn a_call_makes_at_most_max_attempts_with_endpoints_left_untried() {
+    let listeners = same_port(3);
+    let (upstream, _registry, _dns) = discovered(&listeners, |options| {
+        options.retry.max_attempts = 2;
+        options.retry.budget_min_per_second = 1000;
+        options.ejection.after_failures = u32::MAX;
+        options.hedge.enabled = false;
+    })
+    .await;
+    let failing: Vec<Raw> = listeners
+        .into_iter()
+        .map(|listener| Raw::start(listener, |_| Act::Answer(SERVER_ERROR.to_vec())))
+        .collect();
+
+    let err = upstream.send(&get()).await.unwrap_err();
+
+    assert!(err.chain().contains("(2 attempts)"), "{}", err.chain());
+    let seen: usize = failing.iter().map(|raw| raw.seen().len()).sum();
+    assert_eq!(seen, 2, "a third endpoint was tried");
+}
+
+#[tokio::test]
 async fn an_ejected_endpoint_is_back_in_rotation_once_its_probe_answers() {
     let listeners = same_port(2);
     let (upstream, _registry, _dns) = discovered(&listeners, |options| {
