@@ -297,6 +297,24 @@ async fn a_calls_own_deadline_replaces_the_upstreams() {
 }
 
 #[tokio::test]
+async fn a_chunked_answer_read_to_its_end_leaves_its_connection_for_the_next_request() {
+    let raw = Raw::start(local(), |_| {
+        Act::Answer(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_vec(),
+        )
+    });
+    let (upstream, _registry) = fixed(raw.addr, |_| {});
+
+    for _ in 0..2 {
+        let reply = upstream.send(&Request::get("/").unwrap()).await.unwrap();
+        assert_eq!(reply.answer.body().as_ref(), b"ok");
+    }
+
+    let nths: Vec<usize> = raw.seen().iter().map(|seen| seen.nth).collect();
+    assert_eq!(nths, [0, 1], "the connection was not kept");
+}
+
+#[tokio::test]
 async fn a_connection_the_answer_closes_carries_no_further_request() {
     // The server says `connection: close` but leaves the connection open: only the answer's
     // word keeps the next request off it.
