@@ -120,6 +120,33 @@ async fn a_call_makes_at_most_max_attempts_with_endpoints_left_untried() {
 }
 
 #[tokio::test]
+async fn with_the_retry_budget_spent_a_failed_attempt_is_not_retried() {
+    let listeners = same_port(2);
+    let (upstream, registry, _dns) = discovered(&listeners, |options| {
+        options.retry.max_attempts = 2;
+        options.retry.budget_percent = 0;
+        options.retry.budget_min_per_second = 0;
+        options.hedge.enabled = false;
+    })
+    .await;
+    let failing: Vec<Raw> = listeners
+        .into_iter()
+        .map(|listener| Raw::start(listener, |_| Act::Answer(SERVER_ERROR.to_vec())))
+        .collect();
+
+    let err = upstream.send(&get()).await.unwrap_err();
+
+    assert!(
+        err.chain().contains("(1 attempts; retry budget spent)"),
+        "{}",
+        err.chain()
+    );
+    let seen: usize = failing.iter().map(|raw| raw.seen().len()).sum();
+    assert_eq!(seen, 1);
+    assert_eq!(metric(&registry, "upstream_retries_refused_total"), 1.0);
+}
+
+#[tokio::test]
 async fn an_ejected_endpoint_is_back_in_rotation_once_its_probe_answers() {
     let listeners = same_port(2);
     let (upstream, _registry, _dns) = discovered(&listeners, |options| {
