@@ -147,6 +147,47 @@ async fn with_the_retry_budget_spent_a_failed_attempt_is_not_retried() {
 }
 
 #[tokio::test]
+async fn an_endpoint_that_sheds_load_cools_down_for_its_retry_after() {
+    let listeners = same_port(2);
+    let (upstream, _registry, _dns) = discovered(&listeners, |options| {
+        options.hedge.enabled = false;
+    })
+    .await;
+    let mut listeners = listeners.into_iter();
+    let shedding = Raw::start(listeners.next().unwrap(), |_| {
+        Act::Answer(
+            b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 30\r\ncontent-length: 0\r\n\r\n"
+                .to_vec(),
+        )
+    });
+    let steady = Raw::start(listeners.next().unwrap(), |_| Act::Answer(ok("steady")));
+    assert!(
+        within_10s(
+            || is(&upstream, shedding.addr, "healthy") && is(&upstream, steady.addr, "healthy")
+        )
+        .await,
+        "{:?}",
+        states(&upstream)
+    );
+
+    // Calls until one meets the shedding endpoint (and goes on to the other).
+    for _ in 0..200 {
+        if !shedding.seen().is_empty() {
+            break;
+        }
+        let reply = upstream.send(&get()).await.unwrap();
+        assert_eq!(reply.endpoint, steady.addr);
+    }
+
+    assert_eq!(shedding.seen().len(), 1);
+    assert!(
+        is(&upstream, shedding.addr, "cooling"),
+        "{:?}",
+        states(&upstream)
+    );
+}
+
+#[tokio::test]
 async fn an_ejected_endpoint_is_back_in_rotation_once_its_probe_answers() {
     let listeners = same_port(2);
     let (upstream, _registry, _dns) = discovered(&listeners, |options| {
