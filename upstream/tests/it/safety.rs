@@ -116,6 +116,8 @@ async fn a_post_is_never_hedged_and_a_get_is() {
     let (raws, upstream, registry) = two(slow, |options| {
         options.hedge.min_delay = Duration::from_millis(20);
         options.hedge.max_delay = Duration::from_millis(20);
+        options.retry.attempt_timeout = Duration::from_secs(5);
+        options.retry.request_timeout = Duration::from_secs(5);
     })
     .await;
 
@@ -131,6 +133,29 @@ async fn a_post_is_never_hedged_and_a_get_is() {
     let get = upstream.send(&Request::get("/").unwrap()).await.unwrap();
     assert_eq!(get.attempts, 2);
     assert_eq!(metric(&registry, "upstream_hedges_total"), 1.0);
+    // The attempt the hedge raced kept its own timeout: it answered or lost, never timed out.
+    let timeouts = metric(&registry, "upstream_attempts_total{outcome=\"timeout\"}");
+    assert_eq!(timeouts, 0.0);
+}
+
+#[tokio::test]
+async fn a_hedge_delay_as_long_as_the_attempt_timeout_sends_no_hedge() {
+    let slow = |_: &crate::helpers::Seen| Act::AnswerAfter(Duration::from_secs(2), ok("late"));
+    let (_raws, upstream, registry) = two(slow, |options| {
+        options.retry.max_attempts = 2;
+        options.retry.attempt_timeout = Duration::from_millis(100);
+        options.hedge.min_delay = Duration::from_millis(100);
+        options.hedge.max_delay = Duration::from_millis(100);
+    })
+    .await;
+
+    let err = upstream
+        .send(&Request::get("/").unwrap())
+        .await
+        .unwrap_err();
+
+    assert!(err.chain().contains("(2 attempts)"), "{}", err.chain());
+    assert_eq!(metric(&registry, "upstream_hedges_total"), 0.0);
 }
 
 #[tokio::test]
