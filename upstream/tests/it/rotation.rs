@@ -49,6 +49,12 @@ async fn within_10s(mut done: impl FnMut() -> bool) -> bool {
     true
 }
 
+/// Waits up to ten seconds for every endpoint of `addrs` to be in `state`.
+async fn wait_for(upstream: &Upstream, addrs: &[SocketAddr], state: &str) {
+    let all = || addrs.iter().all(|addr| is(upstream, *addr, state));
+    assert!(within_10s(all).await, "not {state}: {:?}", states(upstream));
+}
+
 fn get() -> Request {
     Request::get("/").unwrap()
 }
@@ -71,12 +77,7 @@ async fn a_retry_goes_to_an_endpoint_the_call_has_not_tried() {
         Act::Answer(SERVER_ERROR.to_vec())
     });
     let good = Raw::start(listeners.next().unwrap(), |_| Act::Answer(ok("good")));
-    assert!(
-        within_10s(|| is(&upstream, failing.addr, "healthy") && is(&upstream, good.addr, "healthy"))
-            .await,
-        "{:?}",
-        states(&upstream)
-    );
+    wait_for(&upstream, &[failing.addr, good.addr], "healthy").await;
 
     for call in 0..60 {
         let reply = upstream
@@ -161,14 +162,7 @@ async fn an_endpoint_that_sheds_load_cools_down_for_its_retry_after() {
         )
     });
     let steady = Raw::start(listeners.next().unwrap(), |_| Act::Answer(ok("steady")));
-    assert!(
-        within_10s(
-            || is(&upstream, shedding.addr, "healthy") && is(&upstream, steady.addr, "healthy")
-        )
-        .await,
-        "{:?}",
-        states(&upstream)
-    );
+    wait_for(&upstream, &[shedding.addr, steady.addr], "healthy").await;
 
     // Calls until one meets the shedding endpoint (and goes on to the other).
     for _ in 0..200 {
@@ -208,12 +202,7 @@ async fn an_ejected_endpoint_is_back_in_rotation_once_its_probe_answers() {
         }
     });
     let steady = Raw::start(listeners.next().unwrap(), |_| Act::Answer(ok("steady")));
-    assert!(
-        within_10s(|| is(&upstream, flaky.addr, "healthy") && is(&upstream, steady.addr, "healthy"))
-            .await,
-        "{:?}",
-        states(&upstream)
-    );
+    wait_for(&upstream, &[flaky.addr, steady.addr], "healthy").await;
 
     // Calls until one fails on the flaky endpoint, which ejects it.
     for _ in 0..200 {
@@ -231,11 +220,7 @@ async fn an_ejected_endpoint_is_back_in_rotation_once_its_probe_answers() {
 
     // The steady endpoint takes every call meanwhile, so no call goes to the ejected one:
     // only its probe can bring it back.
-    assert!(
-        within_10s(|| is(&upstream, flaky.addr, "healthy")).await,
-        "{:?}",
-        states(&upstream)
-    );
+    wait_for(&upstream, &[flaky.addr], "healthy").await;
     assert!(
         is(&upstream, steady.addr, "healthy"),
         "{:?}",
@@ -269,20 +254,12 @@ async fn an_endpoint_that_fails_its_probe_while_another_serves_is_ejected() {
     .await;
     let ips = [ip(&listeners[0]), ip(&dead)];
     let serving = Raw::start(listeners.pop().unwrap(), |_| Act::Answer(ok("serving")));
-    assert!(
-        within_10s(|| is(&upstream, serving.addr, "healthy")).await,
-        "{:?}",
-        states(&upstream)
-    );
+    wait_for(&upstream, &[serving.addr], "healthy").await;
     let dead_addr = dead.local_addr().unwrap();
     drop(dead);
     dns.set_a(SERVICE, &ips);
 
-    assert!(
-        within_10s(|| is(&upstream, dead_addr, "ejected")).await,
-        "{:?}",
-        states(&upstream)
-    );
+    wait_for(&upstream, &[dead_addr], "ejected").await;
     assert!(
         is(&upstream, serving.addr, "healthy"),
         "{:?}",
