@@ -236,4 +236,15 @@ mod tests {
         };
         assert_eq!(policy.validate().unwrap_err().0, "retry.max_attempts");
     }
+
+    #[test]
+    fn the_budgets_bounds_are_inclusive() {
+        let refused = |percent, min_per_second| policy(percent, min_per_second).validate().err();
+        assert_eq!(refused(1000, MAX_MIN_PER_SECOND), None);
+        assert_eq!(refused(1001, 0).unwrap().0, "retry.budget_percent");
+        assert_eq!(
+            refused(0, MAX_MIN_PER_SECOND + 1).unwrap().0,
+            "retry.budget_min_per_second"
+        );
+    }
 }

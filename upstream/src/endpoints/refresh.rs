@@ -445,6 +445,15 @@ mod tests {
         }
 
         #[tokio::test(start_paused = true)]
+        async fn a_negative_answer_is_asked_again_after_its_ttl() {
+            let running = start(vec![answer(1, &[1, 2]), nxdomain()]);
+            run_for(11_500).await;
+            // The answer at 0; NXDOMAIN at 1, 6 and 11 (its 5 s TTL).
+            let ttl = Duration::from_secs(5);
+            assert_eq!(running.gaps(1), [ttl, ttl]);
+        }
+
+        #[tokio::test(start_paused = true)]
         async fn nxdomain_empties_the_set() {
             let running = start(vec![answer(1, &[1, 2]), nxdomain()]);
             run_for(1_500).await;

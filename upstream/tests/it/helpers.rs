@@ -182,6 +182,8 @@ pub enum Act {
     AnswerAfter(Duration, Vec<u8>),
     /// Writes these bytes in pieces of this size, a millisecond apart.
     Pieces(Vec<u8>, usize),
+    /// Writes these bytes, then closes the connection.
+    Last(Vec<u8>),
     /// Closes the connection without answering.
     Close,
 }
@@ -271,6 +273,10 @@ async fn serve(
         };
         let (bytes, piece) = match action {
             Act::Answer(bytes) => (bytes, usize::MAX),
+            Act::Last(bytes) => {
+                let _ = stream.write_all(&bytes).await;
+                return;
+            }
             Act::AnswerAfter(wait, bytes) => {
                 tokio::time::sleep(wait).await;
                 (bytes, usize::MAX)

@@ -27,5 +27,6 @@ mod discovery;
 mod errors;
 mod examples;
 mod requests;
+mod rotation;
 mod safety;
 mod tracing;

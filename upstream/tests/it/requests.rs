@@ -204,12 +204,50 @@ async fn the_body_bound_is_exact_for_lengths_and_chunks() {
     let (upstream, _registry) = fixed(raw.addr, |options| options.max_answer_bytes = 1000);
     let full = upstream.send(&Request::get("/1000").unwrap()).await;
     assert_eq!(full.unwrap().answer.body().as_ref(), vec![b'y'; 1000]);
+    let over = upstream
+        .send(&Request::get("/1001").unwrap())
+        .await
+        .unwrap_err();
     assert!(
-        upstream
-            .send(&Request::get("/1001").unwrap())
-            .await
-            .is_err()
+        over.chain().contains("answer larger than 1000 bytes"),
+        "{}",
+        over.chain()
     );
+}
+
+/// An answer framed by the connection's close (no length, not chunked): read to the bound and
+/// no further. One byte over, the attempt fails on the bound itself (not on a length or a
+/// decoder), is counted as a bad response and an answer too large, and is not repeated on the
+/// one endpoint.
+#[tokio::test]
+async fn the_body_bound_is_exact_for_an_answer_ending_at_the_close() {
+    let raw = Raw::start(local(), |seen| {
+        let size: usize = seen.target[1..].parse().unwrap();
+        let mut answer = b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n".to_vec();
+        answer.resize(answer.len() + size, b'z');
+        Act::Last(answer)
+    });
+    let (upstream, registry) = fixed(raw.addr, |options| options.max_answer_bytes = 1000);
+
+    let full = upstream.send(&Request::get("/1000").unwrap()).await;
+    assert_eq!(full.unwrap().answer.body().as_ref(), vec![b'z'; 1000]);
+    let over = upstream
+        .send(&Request::get("/1001").unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(over.kind(), "all_attempts_failed");
+    assert!(
+        over.chain().contains("answer larger than 1000 bytes"),
+        "{}",
+        over.chain()
+    );
+    let count = |sample: &str| crate::helpers::metric(&registry, sample);
+    assert_eq!(count("upstream_answers_too_large_total"), 1.0);
+    assert_eq!(
+        count("upstream_attempts_total{outcome=\"bad_response\"}"),
+        1.0
+    );
+    assert_eq!(count("upstream_attempts_total{outcome=\"ok\"}"), 1.0);
 }
 
 #[tokio::test]
@@ -256,6 +294,69 @@ async fn a_calls_own_deadline_replaces_the_upstreams() {
         .await
         .unwrap_err();
     assert_eq!(zero.kind(), "deadline");
+}
+
+#[tokio::test]
+async fn a_chunked_answer_read_to_its_end_leaves_its_connection_for_the_next_request() {
+    let raw = Raw::start(local(), |_| {
+        Act::Answer(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_vec(),
+        )
+    });
+    let (upstream, _registry) = fixed(raw.addr, |_| {});
+
+    for _ in 0..2 {
+        let reply = upstream.send(&Request::get("/").unwrap()).await.unwrap();
+        assert_eq!(reply.answer.body().as_ref(), b"ok");
+    }
+
+    let nths: Vec<usize> = raw.seen().iter().map(|seen| seen.nth).collect();
+    assert_eq!(nths, [0, 1], "the connection was not kept");
+}
+
+#[tokio::test]
+async fn a_connection_the_answer_closes_carries_no_further_request() {
+    // The server says `connection: close` but leaves the connection open: only the answer's
+    // word keeps the next request off it.
+    let raw = Raw::start(local(), |_| {
+        Act::Answer(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok".to_vec())
+    });
+    let (upstream, _registry) = fixed(raw.addr, |_| {});
+
+    for _ in 0..2 {
+        let reply = upstream.send(&Request::get("/").unwrap()).await.unwrap();
+        assert_eq!(reply.answer.body().as_ref(), b"ok");
+    }
+
+    let nths: Vec<usize> = raw.seen().iter().map(|seen| seen.nth).collect();
+    assert_eq!(
+        nths,
+        [0, 0],
+        "the second request went on the closed connection"
+    );
+}
+
+#[tokio::test]
+async fn a_call_with_no_deadline_of_its_own_has_the_attempt_timeout_alone() {
+    // A deadline beyond what the clock holds stands for a year: a call still has each
+    // attempt's timeout, here long enough for an answer that takes over two seconds.
+    let addr = echo(local());
+    let (upstream, _registry) = fixed(addr, |options| {
+        options.hedge.enabled = false;
+        options.retry.attempt_timeout = Duration::from_secs(30);
+        options.retry.request_timeout = Duration::from_secs(30);
+    });
+
+    let reply = upstream
+        .send(
+            &Request::get("/slow/2100")
+                .unwrap()
+                .with_timeout(Duration::MAX),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("{}", err.chain()));
+
+    assert_eq!(reply.answer.status(), StatusCode::OK);
 }
 
 #[tokio::test]

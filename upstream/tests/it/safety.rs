@@ -134,6 +134,43 @@ async fn a_post_is_never_hedged_and_a_get_is() {
 }
 
 #[tokio::test]
+async fn a_hedge_delay_as_long_as_the_attempt_timeout_sends_no_hedge() {
+    let slow = |_: &crate::helpers::Seen| Act::AnswerAfter(Duration::from_secs(2), ok("late"));
+    let (_raws, upstream, registry) = two(slow, |options| {
+        options.retry.max_attempts = 2;
+        options.retry.attempt_timeout = Duration::from_millis(100);
+        options.hedge.min_delay = Duration::from_millis(100);
+        options.hedge.max_delay = Duration::from_millis(100);
+    })
+    .await;
+
+    let err = upstream
+        .send(&Request::get("/").unwrap())
+        .await
+        .unwrap_err();
+
+    assert!(err.chain().contains("(2 attempts)"), "{}", err.chain());
+    assert_eq!(metric(&registry, "upstream_hedges_total"), 0.0);
+}
+
+#[tokio::test]
+async fn a_hedge_is_an_attempt_and_a_call_of_one_attempt_has_none() {
+    let slow = |_: &crate::helpers::Seen| Act::AnswerAfter(Duration::from_millis(300), ok("late"));
+    let (raws, upstream, registry) = two(slow, |options| {
+        options.retry.max_attempts = 1;
+        options.hedge.min_delay = Duration::from_millis(20);
+        options.hedge.max_delay = Duration::from_millis(20);
+    })
+    .await;
+
+    let get = upstream.send(&Request::get("/").unwrap()).await.unwrap();
+
+    assert_eq!(get.attempts, 1);
+    assert_eq!(seen(&raws, "GET"), 1);
+    assert_eq!(metric(&registry, "upstream_hedges_total"), 0.0);
+}
+
+#[tokio::test]
 async fn a_reused_connection_closed_as_a_post_left_does_not_send_it_again() {
     // Answers the first request of each connection, closes on the second without answering:
     // the race of a server closing an idle connection as a request arrives, made certain.
