@@ -8,14 +8,17 @@ use std::time::Duration;
 
 use upstream::Request;
 
-use crate::helpers::{Act, Raw, fixed, local, ok};
+use crate::helpers::{Act, Raw, fixed, local, metric, ok};
+
+const CONNECT_ERRORS: &str = "upstream_attempts_total{outcome=\"connect_error\"}";
+const BAD_RESPONSES: &str = "upstream_attempts_total{outcome=\"bad_response\"}";
 
 #[tokio::test]
 async fn a_refused_connection_is_in_the_chain() {
     let listener = local();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    let (upstream, _registry) = fixed(addr, |_| {});
+    let (upstream, registry) = fixed(addr, |_| {});
 
     let err = upstream
         .send(&Request::get("/").unwrap())
@@ -23,6 +26,9 @@ async fn a_refused_connection_is_in_the_chain() {
         .unwrap_err();
 
     assert_eq!(err.kind(), "all_attempts_failed");
+    // Counted as a connection error, not as a bad answer.
+    assert!(metric(&registry, CONNECT_ERRORS) >= 1.0);
+    assert_eq!(metric(&registry, BAD_RESPONSES), 0.0);
     let chain = err.chain();
     assert!(
         chain.contains(&format!(
@@ -45,7 +51,7 @@ async fn a_bad_content_length_is_in_the_chain() {
     let raw = Raw::start(local(), |_| {
         Act::Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 12abc\r\n\r\n{}".to_vec())
     });
-    let (upstream, _registry) = fixed(raw.addr, |_| {});
+    let (upstream, registry) = fixed(raw.addr, |_| {});
 
     let err = upstream
         .send(&Request::get("/").unwrap())
@@ -57,6 +63,9 @@ async fn a_bad_content_length_is_in_the_chain() {
         chain.ends_with("request failed: malformed answer head: bad Content-Length"),
         "{chain}"
     );
+    // The server was reached: a bad answer, not a connection error.
+    assert!(metric(&registry, BAD_RESPONSES) >= 1.0);
+    assert_eq!(metric(&registry, CONNECT_ERRORS), 0.0);
 }
 
 #[tokio::test]
