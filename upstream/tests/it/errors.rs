@@ -102,6 +102,34 @@ fn head_of(size: usize) -> Vec<u8> {
 }
 
 #[tokio::test]
+async fn a_head_that_does_not_end_within_the_bound_is_refused_without_waiting() {
+    const BOUND: usize = 64 * 1024;
+    // Exactly the bound, with no end of head, and the connection left open: the client must
+    // stop at the bound, not read on until its deadline.
+    let mut head = b"HTTP/1.1 200 OK\r\nx-long: ".to_vec();
+    head.resize(BOUND, b'a');
+    let raw = Raw::start(local(), move |_| Act::Answer(head.clone()));
+    let (upstream, _registry) = fixed(raw.addr, |options| {
+        options.retry.attempt_timeout = Duration::from_secs(30);
+        options.retry.request_timeout = Duration::from_secs(30);
+    });
+
+    let err = tokio::time::timeout(
+        Duration::from_secs(20),
+        upstream.send(&Request::get("/").unwrap()),
+    )
+    .await
+    .expect("the client waited on a head past its bound")
+    .unwrap_err();
+
+    let chain = err.chain();
+    assert!(
+        chain.ends_with("answer head larger than 65536 bytes"),
+        "{chain}"
+    );
+}
+
+#[tokio::test]
 async fn the_head_bound_is_exact_whatever_the_reads() {
     const BOUND: usize = 64 * 1024;
     for piece in [usize::MAX, 4096, 1000, BOUND - 100] {

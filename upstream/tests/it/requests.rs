@@ -29,6 +29,29 @@ fn header<'a>(echoed: &'a Value, name: &str) -> Vec<&'a str> {
 }
 
 #[tokio::test]
+async fn a_body_larger_than_one_write_reaches_the_server_whole() {
+    let addr = echo(local());
+    let (upstream, _registry) = fixed(addr, |options| {
+        options.max_answer_bytes = 4 << 20;
+        options.retry.attempt_timeout = Duration::from_secs(30);
+        options.retry.request_timeout = Duration::from_secs(30);
+    });
+    // Far more than a new loopback connection's send buffer (16 KiB to start): the socket
+    // takes the head and the body in several writes, the later ones from within the body.
+    let body: String = (0..(1 << 20) - 4096)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let request = Request::new(Method::PUT, "/large")
+        .unwrap()
+        .with_body(body.clone());
+
+    let echoed = echoed(&upstream, &request).await;
+
+    assert_eq!(echoed["body"].as_str().map(str::len), Some(body.len()));
+    assert!(echoed["body"] == body.as_str(), "the body arrived changed");
+}
+
+#[tokio::test]
 async fn methods_targets_headers_and_bodies_reach_the_server_intact() {
     let addr = echo(local());
     let (upstream, _registry) = fixed(addr, |_| {});
