@@ -11,6 +11,8 @@ mod dns_server;
 #[path = "../examples/grpc.rs"]
 #[allow(dead_code)]
 mod example;
+#[path = "support/loopback.rs"]
+mod loopback;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -144,7 +146,7 @@ impl Instance {
 /// Starts `count` instances, their proxies on 127.0.0.11, 127.0.0.12, ..., all on one port,
 /// as A records need; the servers behind them on 127.0.0.1.
 async fn instances(count: u8) -> Vec<Instance> {
-    let listeners = same_port_listeners(count);
+    let listeners = loopback::same_port(count);
     let mut instances = Vec::new();
     for (n, listener) in (1..).zip(listeners) {
         let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -164,22 +166,6 @@ async fn instances(count: u8) -> Vec<Instance> {
         });
     }
     instances
-}
-
-fn same_port_listeners(count: u8) -> Vec<std::net::TcpListener> {
-    'ports: for _ in 0..20 {
-        let first = std::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, 11), 0)).unwrap();
-        let port = first.local_addr().unwrap().port();
-        let mut listeners = vec![first];
-        for i in 1..count {
-            match std::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, 11 + i), port)) {
-                Ok(listener) => listeners.push(listener),
-                Err(_) => continue 'ports,
-            }
-        }
-        return listeners;
-    }
-    panic!("no port free on every loopback address");
 }
 
 /// Options for a quick test: HTTP/2 probes, short TTLs.

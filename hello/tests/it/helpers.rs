@@ -86,23 +86,11 @@ impl Drop for NameInstance {
 
 /// Starts `name` instances `n1`, `n2`, ... on 127.0.0.11, 127.0.0.12, ..., all on one port.
 pub fn name_instances(count: u8) -> Vec<NameInstance> {
-    'ports: for _ in 0..20 {
-        let first = std::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, 11), 0)).unwrap();
-        let port = first.local_addr().unwrap().port();
-        let mut listeners = vec![first];
-        for i in 1..count {
-            match std::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, 11 + i), port)) {
-                Ok(listener) => listeners.push(listener),
-                Err(_) => continue 'ports,
-            }
-        }
-        return listeners
-            .into_iter()
-            .enumerate()
-            .map(|(i, listener)| NameInstance::serve(&format!("n{}", i + 1), listener))
-            .collect();
-    }
-    panic!("no port free on every loopback address");
+    crate::loopback::same_port(count)
+        .into_iter()
+        .enumerate()
+        .map(|(i, listener)| NameInstance::serve(&format!("n{}", i + 1), listener))
+        .collect()
 }
 
 /// The IPv4 addresses of `instances`, for A records.

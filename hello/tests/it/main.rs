@@ -12,6 +12,8 @@ mod cloudmap_server;
 mod dns_server;
 mod emf_spec;
 mod helpers;
+#[path = "../../../upstream/tests/support/loopback.rs"]
+mod loopback;
 mod processes;
 
 // The upstream crate's `greeter` example, compiled into the tests so that they run it.

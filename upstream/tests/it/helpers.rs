@@ -24,26 +24,7 @@ use crate::dns_server::DnsServer;
 /// The service name the tests discover.
 pub const SERVICE: &str = "svc.internal.";
 
-/// Listeners on 127.0.0.11, 127.0.0.12, ..., all on one port, as tasks in a VPC share a port
-/// on different addresses.
-pub fn same_port(count: u8) -> Vec<std::net::TcpListener> {
-    'ports: for _ in 0..20 {
-        let first = std::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, 11), 0)).unwrap();
-        let port = first.local_addr().unwrap().port();
-        let mut listeners = vec![first];
-        for i in 1..count {
-            match std::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, 11 + i), port)) {
-                Ok(listener) => listeners.push(listener),
-                Err(_) => continue 'ports,
-            }
-        }
-        for listener in &listeners {
-            listener.set_nonblocking(true).unwrap();
-        }
-        return listeners;
-    }
-    panic!("no port free on every loopback address");
-}
+pub use crate::loopback::same_port;
 
 /// A tokio listener on a free port of 127.0.0.1.
 pub fn local() -> std::net::TcpListener {

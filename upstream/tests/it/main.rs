@@ -14,6 +14,8 @@ mod cloudmap_server;
 #[allow(dead_code)]
 mod dns_server;
 mod helpers;
+#[path = "../support/loopback.rs"]
+mod loopback;
 
 // The examples, compiled into the tests so that they run them.
 #[path = "../../examples/call.rs"]
