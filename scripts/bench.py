@@ -19,13 +19,16 @@ import argparse
 import ctypes
 import http.client
 import json
+import math
 import os
 import platform
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -128,6 +131,18 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     rest = stat[stat.rindex(")") + 2:].split()
     return (int(rest[11]) + int(rest[12])) / CLK_TCK
+
+
+def machine_idle_seconds() -> float:
+    """Idle time of all CPUs together (idle + iowait from /proc/stat), in seconds."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    return (int(fields[3]) + int(fields[4])) / CLK_TCK
+
+
+def reaped_children_cpu_seconds() -> float:
+    """utime + stime of this harness's children that have been waited for (wrk, once done)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def status_kb(pid: int, key: str) -> int:
@@ -502,6 +517,11 @@ class Cell:
     upstream_endpoints: int | None = None  # distinct backend addresses connected to
     rss_under_load_kb: int = 0
     rps_runs: list[float] = field(default_factory=list)  # every repetition; the row is the median
+    # The rest of the machine over the cell, per request: wrk's CPU, the backends' CPU (nginx
+    # when it is the backend), and the CPUs' idle time (all CPUs together).
+    wrk_us_per_req: float = 0.0
+    backend_us_per_req: float = 0.0
+    idle_us_per_req: float = 0.0
 
 
 def parse_wrk_out(path: Path) -> dict:
@@ -582,11 +602,14 @@ def median_cell(runs: list[Cell]) -> Cell:
 
 def measure(load: Load, backend: str, proxy: str, target_pid: int, addr: str, port: int,
             conns: int, querylog: Path | None = None, dns_name: str = "",
-            backend_port: int | None = None, duration: int | None = None) -> Cell:
+            backend_port: int | None = None, duration: int | None = None,
+            backend_pids: tuple[int, ...] = ()) -> Cell:
     cell = Cell(backend, proxy, conns)
     reset_peak_rss(target_pid)
     q0 = dns_query_count(querylog, dns_name) if querylog else 0
     cpu0 = cpu_seconds(target_pid)
+    rest0 = (reaped_children_cpu_seconds(), sum(map(cpu_seconds, backend_pids)),
+             machine_idle_seconds())
     peak_conns = [0, 0]
 
     def sample() -> None:
@@ -598,6 +621,8 @@ def measure(load: Load, backend: str, proxy: str, target_pid: int, addr: str, po
     started_us = time.monotonic_ns() // 1000
     info = load.run(addr, port, conns, duration, sample)
     cpu1 = cpu_seconds(target_pid)
+    rest1 = (reaped_children_cpu_seconds(), sum(map(cpu_seconds, backend_pids)),
+             machine_idle_seconds())
     if info.get("slow"):
         # When each outlier started, in ms from the cell's start, to set beside the logs.
         slow_log = load.work / f"slow-{backend}-{proxy}-{conns}.txt"
@@ -621,6 +646,9 @@ def measure(load: Load, backend: str, proxy: str, target_pid: int, addr: str, po
     cell.wrk_p99_us = info.get("wrk_p99", 0)
     cell.recorded = sum(info["hist"].values())
     cell.cpu_us_per_req = (cpu1 - cpu0) * 1e6 / info["requests"] if info["requests"] else 0.0
+    if info["requests"]:
+        cell.wrk_us_per_req, cell.backend_us_per_req, cell.idle_us_per_req = (
+            (b - a) * 1e6 / info["requests"] for a, b in zip(rest0, rest1))
     cell.peak_rss_kb = status_kb(target_pid, "VmHWM")
     cell.rss_under_load_kb = cell.peak_rss_kb
     if querylog is not None:
@@ -630,6 +658,8 @@ def measure(load: Load, backend: str, proxy: str, target_pid: int, addr: str, po
         cell.upstream_endpoints = peak_conns[1]
     log(f"{backend:6} {proxy:7} c{conns:<3} {cell.rps:10.0f} req/s  p50 {cell.p50_us} us  "
         f"p99 {cell.p99_us} us  max {cell.max_us} us  cpu {cell.cpu_us_per_req:.1f} us/req"
+        f"  (wrk {cell.wrk_us_per_req:.1f}, backend {cell.backend_us_per_req:.1f}, "
+        f"idle {cell.idle_us_per_req:.1f})"
         + (f"  errors: {cell.errors}" if cell.errors else ""))
     return cell
 
@@ -646,19 +676,32 @@ class Profile:
     method: str = ""
     profile_file: str = ""
     annotate_file: str = ""
+    # --cache-sim: simulated cache misses per request (data reads and writes that miss the
+    # L1 data cache; instruction and data accesses that miss the last level).
+    d1_misses_per_request: float = 0.0
+    ll_misses_per_request: float = 0.0
 
 
-def callgrind_total(path: Path) -> int:
-    """The file's `totals:` line (its `summary:` says 0 when collection started switched off)."""
-    totals = summary = None
+# --cache-sim: a core's caches as recent x86 server cores have them, the same on every machine
+# so that runs compare: 32 KiB 8-way L1 instruction and data caches, and a 1 MiB 16-way last
+# level (a core's L2; valgrind simulates two levels).
+CACHE_SIM = ["--cache-sim=yes", "--I1=32768,8,64", "--D1=32768,8,64", "--LL=1048576,16,64"]
+
+
+def callgrind_totals(path: Path) -> dict[str, int]:
+    """The file's `totals:` line by event name, Ir first (its `summary:` says 0 when collection
+    started switched off)."""
+    events, totals, summary = ["Ir"], None, None
     for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("totals:"):
-            totals = int(line.split()[1])
+        if line.startswith("events:"):
+            events = line.split()[1:]
+        elif line.startswith("totals:"):
+            totals = [int(v) for v in line.split()[1:]]
         elif line.startswith("summary:"):
-            summary = int(line.split()[1])
+            summary = [int(v) for v in line.split()[1:]]
     if totals is None and summary is None:
         raise BenchError(f"no totals in {path}")
-    return totals if totals is not None else summary
+    return dict(zip(events, totals if totals is not None else summary))
 
 
 def callgrind_control(pid: int, command: list[str], child_env: dict[str, str]) -> bool:
@@ -682,7 +725,7 @@ def callgrind_control(pid: int, command: list[str], child_env: dict[str, str]) -
 
 def run_callgrind(children: Children, kind: str, setup: Setup, dns_name: str, bins: Path,
                   work: Path, out_dir: Path, requests: int, warmup: int, workers: str,
-                  access_log: str = "off") -> Profile:
+                  access_log: str = "off", cache_sim: bool = False) -> Profile:
     """Instructions per request of `kind` under callgrind: started with collection off, warmed
     up, collection switched on for `requests` sequential keep-alive requests and off again, then
     stopped, so the profile holds those requests only. (Zeroing or dumping in the middle of a
@@ -693,7 +736,7 @@ def run_callgrind(children: Children, kind: str, setup: Setup, dns_name: str, bi
     name = kind if label == kind else f"{kind}-access-{access_log}"
     prof = Profile(label, requests)
 
-    def one_run(measured: int, tag: str, toggle: bool) -> tuple[int, Path, bool]:
+    def one_run(measured: int, tag: str, toggle: bool) -> tuple[dict[str, int], Path, bool]:
         outfile = out_dir / f"callgrind.{name}.{tag}.out"
         for old in out_dir.glob(f"callgrind.{name}.{tag}.out*"):
             old.unlink()
@@ -707,7 +750,7 @@ def run_callgrind(children: Children, kind: str, setup: Setup, dns_name: str, bi
             env = {}
             addr = HAPROXY_ADDR
         vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={outfile}",
-              "--dump-instr=no", "--collect-jumps=no"]
+              "--dump-instr=no", "--collect-jumps=no", *(CACHE_SIM if cache_sim else [])]
         if toggle:
             vg.append("--instr-atstart=no")
         proc = children.start(f"callgrind-{name}", [*vg, *argv], env=env)
@@ -723,19 +766,22 @@ def run_callgrind(children: Children, kind: str, setup: Setup, dns_name: str, bi
                 toggled = callgrind_control(proc.pid, ["-i", "off"], env)
         finally:
             children.stop(proc, signal.SIGTERM, wait=60)
-        return callgrind_total(outfile), outfile, toggled
+        return callgrind_totals(outfile), outfile, toggled
 
     total, path, isolated = one_run(requests, "run", toggle=True)
     if isolated:
-        prof.instructions = total
         prof.method = "collection switched on after warm-up and off after the requests"
     else:
         total, path, _ = one_run(requests, "run", toggle=False)
         base, _, _ = one_run(0, "base", toggle=False)
-        prof.instructions = total - base
+        total = {event: count - base.get(event, 0) for event, count in total.items()}
         prof.method = ("difference between runs with and without the requests (startup cancels; "
                        "the profile includes startup)")
+    prof.instructions = total["Ir"]
     prof.per_request = prof.instructions / requests
+    if cache_sim:
+        prof.d1_misses_per_request = (total.get("D1mr", 0) + total.get("D1mw", 0)) / requests
+        prof.ll_misses_per_request = sum(total.get(e, 0) for e in ("ILmr", "DLmr", "DLmw")) / requests
     prof.profile_file = str(path)
     annotate = out_dir / f"callgrind.{name}.top.txt"
     with annotate.open("w") as f:
@@ -839,6 +885,8 @@ def startup_table(proxies: list[dict]) -> str:
 def callgrind_table(profiles: list[Profile]) -> str:
     """One row per profile; then hello (ACCESS_LOG=off) against HAProxy (no logs), and what an
     access line per request costs."""
+    if any(p.d1_misses_per_request for p in profiles):
+        return cache_table(profiles)
     rows = ["| proxy | requests | instructions/request | profile |", "|---|---|---|---|"]
     for p in profiles:
         rows.append(f"| {p.proxy} | {p.requests} | {p.per_request:,.0f} | {p.annotate_file} |")
@@ -854,6 +902,23 @@ def callgrind_table(profiles: list[Profile]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def cache_table(profiles: list[Profile]) -> str:
+    """--cache-sim: instructions and simulated cache misses per request, and hello against
+    HAProxy for each."""
+    rows = ["| proxy | requests | instructions/request | L1 data misses/request | last-level "
+            "misses/request |", "|---|---|---|---|---|"]
+    for p in profiles:
+        rows.append(f"| {p.proxy} | {p.requests} | {p.per_request:,.0f} | "
+                    f"{p.d1_misses_per_request:,.1f} | {p.ll_misses_per_request:,.1f} |")
+    by_proxy = {p.proxy: p for p in profiles}
+    hello, haproxy = by_proxy.get("hello"), by_proxy.get("haproxy")
+    if hello and haproxy and haproxy.d1_misses_per_request and haproxy.ll_misses_per_request:
+        rows.append(f"| hello/HAProxy (ACCESS_LOG=off) | | {hello.per_request / haproxy.per_request:.2f} | "
+                    f"{hello.d1_misses_per_request / haproxy.d1_misses_per_request:.1f} | "
+                    f"{hello.ll_misses_per_request / haproxy.ll_misses_per_request:.1f} |")
+    return "\n".join(rows) + "\n"
+
+
 def endpoints_table(cells: list[Cell]) -> str:
     rows = ["| endpoints | proxy | req/s | p99 | upstream connections (max during load) | endpoints "
             "connected | RSS under load (VmHWM) | CPU/req | DNS queries | req/s of each run |",
@@ -862,6 +927,47 @@ def endpoints_table(cells: list[Cell]) -> str:
         rows.append(f"| {c.backend} | {c.proxy} | {c.rps:,.0f} | {us(c.p99_us)} | {c.upstream_conns} | "
                     f"{c.upstream_endpoints} | {mb(c.rss_under_load_kb)} | {c.cpu_us_per_req:.1f} µs | "
                     f"{c.dns_queries} | {runs_k(c.rps_runs)} |")
+    return "\n".join(rows) + "\n"
+
+
+def median_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free confidence interval for the median: the order statistics k and
+    n+1-k, with k the largest such that a fair coin shows k-1 or fewer heads in n throws with
+    probability at most (1 - confidence) / 2. None below 6 values (too few for 95 %)."""
+    n = len(values)
+    tail = (1 - confidence) / 2
+    below, k = 0.0, 0
+    while k < n // 2:
+        below += math.comb(n, k) / 2 ** n
+        if below > tail:
+            break
+        k += 1
+    if k == 0:
+        return None
+    ordered = sorted(values)
+    return ordered[k - 1], ordered[n - k]
+
+
+def paired_table(runs: dict[str, dict[str, list[Cell]]]) -> str:
+    """hello against HAProxy cell by cell: repetition i of each ran back to back, so their ratio
+    cancels what the machine was doing then. The median ratio, its 95 % interval, and where each
+    request's CPU went (medians over the repetitions, in µs per request)."""
+    rows = ["| cell | pairs | hello/HAProxy req/s (median of pairs) | 95 % interval | pairs "
+            "hello ahead | hello: proxy, wrk, backend, idle CPU/req | HAProxy: proxy, wrk, backend, "
+            "idle CPU/req |", "|" + "---|" * 7]
+    for label, by_proxy in runs.items():
+        hello, haproxy = by_proxy.get("hello", []), by_proxy.get("haproxy", [])
+        ratios = [h.rps / o.rps for h, o in zip(hello, haproxy) if o.rps]
+        if not ratios:
+            continue
+        ci = median_ci(ratios)
+
+        def split(cells: list[Cell]) -> str:
+            return ", ".join(f"{statistics.median(getattr(c, f) for c in cells):.1f}" for f in (
+                "cpu_us_per_req", "wrk_us_per_req", "backend_us_per_req", "idle_us_per_req"))
+        rows.append(f"| {label} | {len(ratios)} | {statistics.median(ratios):.3f} | "
+                    + (f"{ci[0]:.3f} to {ci[1]:.3f}" if ci else "(6 pairs or more)")
+                    + f" | {sum(r > 1 for r in ratios)} | {split(hello)} | {split(haproxy)} |")
     return "\n".join(rows) + "\n"
 
 
@@ -931,6 +1037,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--backends", default="nginx,name", help="nginx, name or both (default both)")
     p.add_argument("--callgrind-requests", type=int, default=2000,
                    help="sequential requests measured under callgrind; 0 skips callgrind (default 2000)")
+    p.add_argument("--cache-sim", action="store_true",
+                   help="callgrind also simulates the caches (32 KiB L1, 1 MiB last level): L1 data "
+                        "and last-level misses per request beside the instructions")
     p.add_argument("--endpoints", default="",
                    help="scaling mode: instead of the main table, for each count of A records "
                         "(e.g. 3,8,32,128) drive 32 connections through hello and HAProxy and report "
@@ -939,6 +1048,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="WORKER_THREADS for hello, or 'auto' for its default, the CPUs it may use (default 1)")
     p.add_argument("--ttl", type=int, default=5, help="TTL of the DNS records, seconds (default 5)")
     p.add_argument("--cpus", default="0,1", help="cores for load generator,proxy (default 0,1)")
+    p.add_argument("--backend-cpu", default="none",
+                   help="where nginx and name run: 'none' (default) leaves them to the scheduler, "
+                        "which places them by how often the proxy's core is idle (docs/performance.md); "
+                        "'load' pins them with wrk; or a core's number")
     p.add_argument("--wrk-plain", action="store_true",
                    help="wrk with one thread and no Lua per request: the cheapest load generator, "
                         "but latencies are wrk's own, corrected for coordinated omission")
@@ -983,11 +1096,14 @@ def run(args: argparse.Namespace, children: Children, work: Path, out_dir: Path)
     result: dict = {"machine": machine(), "args": {k: v for k, v in vars(args).items()},
                     "setup": asdict(setup), "notes": notes}
     _, querylog = start_dnsmasq(children, setup, dns_names(setup, endpoint_counts), work)
-    nginx = start_nginx(children, setup, work, cpu=None)
+    backend_cpu = None if args.backend_cpu == "none" else (
+        load_cpu if args.backend_cpu == "load" else int(args.backend_cpu))
+    nginx = start_nginx(children, setup, work, cpu=backend_cpu)
     load = Load(children, work, load_cpu, args.duration, args.wrk_plain)
 
     if endpoint_counts:
         cells = []
+        paired: dict[str, dict[str, list[Cell]]] = {}
         for n in endpoint_counts:
             running = []
             for kind in proxies:
@@ -1000,22 +1116,26 @@ def run(args: argparse.Namespace, children: Children, work: Path, out_dir: Path)
                 for px in running:
                     runs.setdefault(px.kind, []).append(
                         measure(load, str(n), px.kind, px.proc.pid, px.addr, px.port, 32, querylog,
-                                px.dns_name, backend_port=setup.backend_port))
+                                px.dns_name, backend_port=setup.backend_port,
+                                backend_pids=(nginx.pid,)))
             for px in running:
-                cells.append(median_cell(runs[px.kind]))
+                cells.append(median_cell(list(runs[px.kind])))
                 children.stop(px.proc)
+            paired[f"{n} A records"] = runs
         result["endpoints"] = [asdict(c) for c in cells]
-        result["tables"] = {"endpoints": endpoints_table(cells)}
+        result["tables"] = {"endpoints": endpoints_table(cells), "paired": paired_table(paired)}
         result["machine"]["loadavg_end"] = loadavg()
         return result
 
-    names = start_names(children, setup, bins, cpu=None) if "name" in backends else []
+    names = start_names(children, setup, bins, cpu=backend_cpu) if "name" in backends else []
     cells: list[Cell] = []
+    paired = {}
     started: list[dict] = []
     for backend in backends:
         dns_name = "static.internal" if backend == "nginx" else "name.internal"
         direct_addr = NGINX_ADDRS[0] if backend == "nginx" else NAME_ADDRS[0]
         direct_pid = nginx.pid if backend == "nginx" else names[0].pid
+        backend_pids = (nginx.pid,) if backend == "nginx" else tuple(p.pid for p in names)
         # Both proxies run side by side, idle while the other is measured, and the cells take
         # turns (direct, hello, HAProxy, again), so that load from elsewhere on the machine falls
         # on all of them alike; each row is the repetition with the median req/s.
@@ -1036,10 +1156,13 @@ def run(args: argparse.Namespace, children: Children, work: Path, out_dir: Path)
                     children.check_alive(px.proc, f"{px.kind}-{dns_name}")
                     runs.setdefault((px.kind, c), []).append(
                         measure(load, backend, px.kind, px.proc.pid, px.addr, px.port, c, querylog,
-                                px.dns_name, backend_port=setup.backend_port))
+                                px.dns_name, backend_port=setup.backend_port,
+                                backend_pids=backend_pids))
+        for c in conns:
+            paired[f"{backend}, {c} connections"] = {kind: runs[(kind, c)] for kind in proxies}
         for path in ["direct", *proxies]:
             for c in conns:
-                cells.append(median_cell(runs[(path, c)]))
+                cells.append(median_cell(list(runs[(path, c)])))
         for px in running:
             children.stop(px.proc)
 
@@ -1052,11 +1175,12 @@ def run(args: argparse.Namespace, children: Children, work: Path, out_dir: Path)
             for kind in proxies:
                 profiles.append(run_callgrind(children, kind, setup, "static.internal", sym_bins, work,
                                               out_dir, args.callgrind_requests, warmup,
-                                              args.hello_workers))
+                                              args.hello_workers, cache_sim=args.cache_sim))
             # What an access line per request costs: hello again, with ACCESS_LOG=all.
             profiles.append(run_callgrind(children, "hello", setup, "static.internal", sym_bins, work,
                                           out_dir, args.callgrind_requests, warmup,
-                                          args.hello_workers, access_log="all"))
+                                          args.hello_workers, access_log="all",
+                                          cache_sim=args.cache_sim))
     result["cells"] = [asdict(c) for c in cells]
     result["startup"] = started
     result["profiles"] = [asdict(p) for p in profiles]
@@ -1065,6 +1189,7 @@ def run(args: argparse.Namespace, children: Children, work: Path, out_dir: Path)
         "ratios": ratio_table(cells),
         "startup": startup_table(started),
         "callgrind": callgrind_table(profiles) if profiles else "",
+        "paired": paired_table(paired),
     }
     result["machine"]["loadavg_end"] = loadavg()
     return result
@@ -1078,7 +1203,10 @@ def report(result: dict, args: argparse.Namespace) -> str:
         f"{m['rustc']}; load average {m['loadavg_start']} at start, {m['loadavg_end']} at end.",
         f"wrk ({'one thread' if args.wrk_plain else 'one connection per thread'}) pinned to CPU "
         f"{args.cpus.split(',')[0]}, the proxy to CPU "
-        f"{args.cpus.split(',')[1]}, backends unpinned; {args.duration} s per cell, median of "
+        f"{args.cpus.split(',')[1]}, backends "
+        + ("unpinned" if args.backend_cpu == "none" else
+           f"pinned to CPU {args.cpus.split(',')[0] if args.backend_cpu == 'load' else args.backend_cpu}")
+        + f"; {args.duration} s per cell, median of "
         f"{args.repeat} taking turns; every request "
         f"sends Accept: application/json; hello with WORKER_THREADS={args.hello_workers} and "
         f"ACCESS_LOG=off (HAProxy logs nothing; the callgrind table adds hello with ACCESS_LOG=all), "
@@ -1101,6 +1229,8 @@ def report(result: dict, args: argparse.Namespace) -> str:
         if tables.get("callgrind"):
             lines += ["## Instructions per request (callgrind, sequential keep-alive)", "",
                       tables["callgrind"]]
+    if tables.get("paired", "").count("\n") > 2:
+        lines += ["## hello against HAProxy, repetition by repetition", "", tables["paired"]]
     for c in result.get("cells", []) + result.get("endpoints", []):
         if c["errors"]:
             lines.append(f"Note: {c['backend']} {c['proxy']} {c['conns']} connections: wrk counted "
