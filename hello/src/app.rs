@@ -177,10 +177,22 @@ fn upstream_trace(trace: &TraceContext) -> Option<upstream::TraceContext> {
     )
 }
 
-/// `GET /`. Takes the request whole: the `HeaderMap` extractor would clone the headers.
-async fn hello(State(state): State<AppState>, request: Request) -> Result<Response, AppError> {
-    let headers = request.headers();
-    if came_through_hello(headers) {
+/// `GET /`. Takes the request whole: the `HeaderMap` extractor would clone the headers. Not an
+/// `async fn`: the request is read and dropped before the future is made, so that the future,
+/// which axum moves into a box on every request, holds only what the call needs.
+fn hello(
+    State(state): State<AppState>,
+    request: Request,
+) -> impl Future<Output = Result<Response, AppError>> {
+    let looped = came_through_hello(request.headers());
+    let json = common::wants_json(request.headers());
+    drop(request);
+    answer(state, looped, json)
+}
+
+/// hello's answer, once the request has been read: `looped` when it came through hello already.
+async fn answer(state: AppState, looped: bool, json: bool) -> Result<Response, AppError> {
+    if looped {
         // A record that points back at hello (a misconfigured name, a reused address) would
         // make every request call hello again, without end: refuse at once, never amplify.
         state.loops.inc();
@@ -190,8 +202,6 @@ async fn hello(State(state): State<AppState>, request: Request) -> Result<Respon
         )
             .into_response());
     }
-    let json = common::wants_json(headers);
-    drop(request);
     let trace = common::request_log::current().unwrap_or_else(TraceContext::start);
     let decode = |answer: upstream::Answer<'_>| NameAnswer::decode(answer.body());
     let mut call = NAME_REQUEST.clone();
