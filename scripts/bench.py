@@ -517,8 +517,8 @@ class Cell:
     upstream_endpoints: int | None = None  # distinct backend addresses connected to
     rss_under_load_kb: int = 0
     rps_runs: list[float] = field(default_factory=list)  # every repetition; the row is the median
-    # The rest of the machine over the cell, per request: wrk's CPU, the backends' CPU (nginx
-    # when it is the backend), and the CPUs' idle time (all CPUs together).
+    # The rest of the machine over the cell, per request: wrk's CPU, the backends' CPU (nginx,
+    # or the three name processes), and the CPUs' idle time (all CPUs together).
     wrk_us_per_req: float = 0.0
     backend_us_per_req: float = 0.0
     idle_us_per_req: float = 0.0
@@ -948,10 +948,16 @@ def median_ci(values: list[float], confidence: float = 0.95) -> tuple[float, flo
     return ordered[k - 1], ordered[n - k]
 
 
+def cpu_split(cells: list[Cell]) -> str:
+    """Medians over `cells` of the proxy's, wrk's, the backends' and idle CPU per request."""
+    return ", ".join(f"{statistics.median(getattr(c, f) for c in cells):.1f}" for f in (
+        "cpu_us_per_req", "wrk_us_per_req", "backend_us_per_req", "idle_us_per_req"))
+
+
 def paired_table(runs: dict[str, dict[str, list[Cell]]]) -> str:
     """hello against HAProxy cell by cell: repetition i of each ran back to back, so their ratio
     cancels what the machine was doing then. The median ratio, its 95 % interval, and where each
-    request's CPU went (medians over the repetitions, in µs per request)."""
+    request's CPU went (medians over the repetitions, in µs per request). Empty without pairs."""
     rows = ["| cell | pairs | hello/HAProxy req/s (median of pairs) | 95 % interval | pairs "
             "hello ahead | hello: proxy, wrk, backend, idle CPU/req | HAProxy: proxy, wrk, backend, "
             "idle CPU/req |", "|" + "---|" * 7]
@@ -961,14 +967,10 @@ def paired_table(runs: dict[str, dict[str, list[Cell]]]) -> str:
         if not ratios:
             continue
         ci = median_ci(ratios)
-
-        def split(cells: list[Cell]) -> str:
-            return ", ".join(f"{statistics.median(getattr(c, f) for c in cells):.1f}" for f in (
-                "cpu_us_per_req", "wrk_us_per_req", "backend_us_per_req", "idle_us_per_req"))
         rows.append(f"| {label} | {len(ratios)} | {statistics.median(ratios):.3f} | "
                     + (f"{ci[0]:.3f} to {ci[1]:.3f}" if ci else "(6 pairs or more)")
-                    + f" | {sum(r > 1 for r in ratios)} | {split(hello)} | {split(haproxy)} |")
-    return "\n".join(rows) + "\n"
+                    + f" | {sum(r > 1 for r in ratios)} | {cpu_split(hello)} | {cpu_split(haproxy)} |")
+    return "\n".join(rows) + "\n" if len(rows) > 2 else ""
 
 
 def check_table(table: str, columns: int, rps_column: int) -> None:
@@ -1063,6 +1065,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-build", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-install", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    # The backends' core, resolved once: None when the scheduler places them.
+    if args.backend_cpu == "none":
+        args.backend_core = None
+    elif args.backend_cpu == "load":
+        args.backend_core = int(args.cpus.split(",")[0])
+    elif args.backend_cpu.isdigit():
+        args.backend_core = int(args.backend_cpu)
+    else:
+        p.error(f"--backend-cpu: 'none', 'load' or a core's number, not {args.backend_cpu!r}")
     if args.smoke:
         args.duration = 1
         args.repeat = 1
@@ -1096,9 +1107,7 @@ def run(args: argparse.Namespace, children: Children, work: Path, out_dir: Path)
     result: dict = {"machine": machine(), "args": {k: v for k, v in vars(args).items()},
                     "setup": asdict(setup), "notes": notes}
     _, querylog = start_dnsmasq(children, setup, dns_names(setup, endpoint_counts), work)
-    backend_cpu = None if args.backend_cpu == "none" else (
-        load_cpu if args.backend_cpu == "load" else int(args.backend_cpu))
-    nginx = start_nginx(children, setup, work, cpu=backend_cpu)
+    nginx = start_nginx(children, setup, work, cpu=args.backend_core)
     load = Load(children, work, load_cpu, args.duration, args.wrk_plain)
 
     if endpoint_counts:
@@ -1119,7 +1128,7 @@ def run(args: argparse.Namespace, children: Children, work: Path, out_dir: Path)
                                 px.dns_name, backend_port=setup.backend_port,
                                 backend_pids=(nginx.pid,)))
             for px in running:
-                cells.append(median_cell(list(runs[px.kind])))
+                cells.append(median_cell(runs[px.kind]))
                 children.stop(px.proc)
             paired[f"{n} A records"] = runs
         result["endpoints"] = [asdict(c) for c in cells]
@@ -1127,7 +1136,7 @@ def run(args: argparse.Namespace, children: Children, work: Path, out_dir: Path)
         result["machine"]["loadavg_end"] = loadavg()
         return result
 
-    names = start_names(children, setup, bins, cpu=backend_cpu) if "name" in backends else []
+    names = start_names(children, setup, bins, cpu=args.backend_core) if "name" in backends else []
     cells: list[Cell] = []
     paired = {}
     started: list[dict] = []
@@ -1162,7 +1171,7 @@ def run(args: argparse.Namespace, children: Children, work: Path, out_dir: Path)
             paired[f"{backend}, {c} connections"] = {kind: runs[(kind, c)] for kind in proxies}
         for path in ["direct", *proxies]:
             for c in conns:
-                cells.append(median_cell(list(runs[(path, c)])))
+                cells.append(median_cell(runs[(path, c)]))
         for px in running:
             children.stop(px.proc)
 
@@ -1204,8 +1213,7 @@ def report(result: dict, args: argparse.Namespace) -> str:
         f"wrk ({'one thread' if args.wrk_plain else 'one connection per thread'}) pinned to CPU "
         f"{args.cpus.split(',')[0]}, the proxy to CPU "
         f"{args.cpus.split(',')[1]}, backends "
-        + ("unpinned" if args.backend_cpu == "none" else
-           f"pinned to CPU {args.cpus.split(',')[0] if args.backend_cpu == 'load' else args.backend_cpu}")
+        + ("unpinned" if args.backend_core is None else f"pinned to CPU {args.backend_core}")
         + f"; {args.duration} s per cell, median of "
         f"{args.repeat} taking turns; every request "
         f"sends Accept: application/json; hello with WORKER_THREADS={args.hello_workers} and "
@@ -1229,7 +1237,7 @@ def report(result: dict, args: argparse.Namespace) -> str:
         if tables.get("callgrind"):
             lines += ["## Instructions per request (callgrind, sequential keep-alive)", "",
                       tables["callgrind"]]
-    if tables.get("paired", "").count("\n") > 2:
+    if tables.get("paired"):
         lines += ["## hello against HAProxy, repetition by repetition", "", tables["paired"]]
     for c in result.get("cells", []) + result.get("endpoints", []):
         if c["errors"]:
