@@ -133,6 +133,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(rest[11]) + int(rest[12])) / CLK_TCK
 
 
+def context_switches(pid: int) -> tuple[int, int]:
+    """Voluntary and involuntary context switches of the process's live threads: how often they
+    went to sleep with nothing to do, and how often another task took their CPU."""
+    slept = preempted = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            lines = status.read_text().splitlines()
+        except OSError:  # the thread ended
+            continue
+        counts = dict(line.split(":") for line in lines if "ctxt_switches" in line)
+        slept += int(counts["voluntary_ctxt_switches"])
+        preempted += int(counts["nonvoluntary_ctxt_switches"])
+    return slept, preempted
+
+
 def machine_idle_seconds() -> float:
     """Idle time of all CPUs together (idle + iowait from /proc/stat), in seconds."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
@@ -522,6 +537,11 @@ class Cell:
     wrk_us_per_req: float = 0.0
     backend_us_per_req: float = 0.0
     idle_us_per_req: float = 0.0
+    # Context switches per request: the proxy going to sleep, the proxy losing its CPU to another
+    # task, and the backends going to sleep (each of those is a wake-up later).
+    proxy_sleeps_per_req: float = 0.0
+    proxy_preempted_per_req: float = 0.0
+    backend_sleeps_per_req: float = 0.0
 
 
 def parse_wrk_out(path: Path) -> dict:
@@ -610,6 +630,7 @@ def measure(load: Load, backend: str, proxy: str, target_pid: int, addr: str, po
     cpu0 = cpu_seconds(target_pid)
     rest0 = (reaped_children_cpu_seconds(), sum(map(cpu_seconds, backend_pids)),
              machine_idle_seconds())
+    switches0 = (*context_switches(target_pid), sum(context_switches(p)[0] for p in backend_pids))
     peak_conns = [0, 0]
 
     def sample() -> None:
@@ -623,6 +644,7 @@ def measure(load: Load, backend: str, proxy: str, target_pid: int, addr: str, po
     cpu1 = cpu_seconds(target_pid)
     rest1 = (reaped_children_cpu_seconds(), sum(map(cpu_seconds, backend_pids)),
              machine_idle_seconds())
+    switches1 = (*context_switches(target_pid), sum(context_switches(p)[0] for p in backend_pids))
     if info.get("slow"):
         # When each outlier started, in ms from the cell's start, to set beside the logs.
         slow_log = load.work / f"slow-{backend}-{proxy}-{conns}.txt"
@@ -649,6 +671,8 @@ def measure(load: Load, backend: str, proxy: str, target_pid: int, addr: str, po
     if info["requests"]:
         cell.wrk_us_per_req, cell.backend_us_per_req, cell.idle_us_per_req = (
             (b - a) * 1e6 / info["requests"] for a, b in zip(rest0, rest1))
+        cell.proxy_sleeps_per_req, cell.proxy_preempted_per_req, cell.backend_sleeps_per_req = (
+            (b - a) / info["requests"] for a, b in zip(switches0, switches1))
     cell.peak_rss_kb = status_kb(target_pid, "VmHWM")
     cell.rss_under_load_kb = cell.peak_rss_kb
     if querylog is not None:
@@ -659,7 +683,7 @@ def measure(load: Load, backend: str, proxy: str, target_pid: int, addr: str, po
     log(f"{backend:6} {proxy:7} c{conns:<3} {cell.rps:10.0f} req/s  p50 {cell.p50_us} us  "
         f"p99 {cell.p99_us} us  max {cell.max_us} us  cpu {cell.cpu_us_per_req:.1f} us/req"
         f"  (wrk {cell.wrk_us_per_req:.1f}, backend {cell.backend_us_per_req:.1f}, "
-        f"idle {cell.idle_us_per_req:.1f})"
+        f"idle {cell.idle_us_per_req:.1f}; switches {switch_split([cell])})"
         + (f"  errors: {cell.errors}" if cell.errors else ""))
     return cell
 
@@ -954,13 +978,22 @@ def cpu_split(cells: list[Cell]) -> str:
         "cpu_us_per_req", "wrk_us_per_req", "backend_us_per_req", "idle_us_per_req"))
 
 
+def switch_split(cells: list[Cell]) -> str:
+    """Medians over `cells` of the context switches per request: the proxy slept, the proxy was
+    preempted, the backends slept."""
+    return ", ".join(f"{statistics.median(getattr(c, f) for c in cells):.3f}" for f in (
+        "proxy_sleeps_per_req", "proxy_preempted_per_req", "backend_sleeps_per_req"))
+
+
 def paired_table(runs: dict[str, dict[str, list[Cell]]]) -> str:
     """hello against HAProxy cell by cell: repetition i of each ran back to back, so their ratio
-    cancels what the machine was doing then. The median ratio, its 95 % interval, and where each
-    request's CPU went (medians over the repetitions, in µs per request). Empty without pairs."""
+    cancels what the machine was doing then. The median ratio, its 95 % interval, where each
+    request's CPU went (medians over the repetitions, in µs per request) and the context switches
+    per request. Empty without pairs."""
     rows = ["| cell | pairs | hello/HAProxy req/s (median of pairs) | 95 % interval | pairs "
             "hello ahead | hello: proxy, wrk, backend, idle CPU/req | HAProxy: proxy, wrk, backend, "
-            "idle CPU/req |", "|" + "---|" * 7]
+            "idle CPU/req | context switches/req, hello: proxy slept, proxy preempted, "
+            "backend slept | the same, HAProxy |", "|" + "---|" * 9]
     for label, by_proxy in runs.items():
         hello, haproxy = by_proxy.get("hello", []), by_proxy.get("haproxy", [])
         ratios = [h.rps / o.rps for h, o in zip(hello, haproxy) if o.rps]
@@ -969,7 +1002,8 @@ def paired_table(runs: dict[str, dict[str, list[Cell]]]) -> str:
         ci = median_ci(ratios)
         rows.append(f"| {label} | {len(ratios)} | {statistics.median(ratios):.3f} | "
                     + (f"{ci[0]:.3f} to {ci[1]:.3f}" if ci else "(6 pairs or more)")
-                    + f" | {sum(r > 1 for r in ratios)} | {cpu_split(hello)} | {cpu_split(haproxy)} |")
+                    + f" | {sum(r > 1 for r in ratios)} | {cpu_split(hello)} | {cpu_split(haproxy)} "
+                    f"| {switch_split(hello)} | {switch_split(haproxy)} |")
     return "\n".join(rows) + "\n" if len(rows) > 2 else ""
 
 
