@@ -972,17 +972,22 @@ def median_ci(values: list[float], confidence: float = 0.95) -> tuple[float, flo
     return ordered[k - 1], ordered[n - k]
 
 
+def medians(cells: list[Cell], fields: tuple[str, ...], digits: int) -> str:
+    """The medians over `cells` of each of `fields`, joined with commas."""
+    return ", ".join(f"{statistics.median(getattr(c, f) for c in cells):.{digits}f}" for f in fields)
+
+
 def cpu_split(cells: list[Cell]) -> str:
-    """Medians over `cells` of the proxy's, wrk's, the backends' and idle CPU per request."""
-    return ", ".join(f"{statistics.median(getattr(c, f) for c in cells):.1f}" for f in (
-        "cpu_us_per_req", "wrk_us_per_req", "backend_us_per_req", "idle_us_per_req"))
+    """The proxy's, wrk's, the backends' and idle CPU per request (medians over `cells`)."""
+    return medians(cells, ("cpu_us_per_req", "wrk_us_per_req", "backend_us_per_req",
+                           "idle_us_per_req"), 1)
 
 
 def switch_split(cells: list[Cell]) -> str:
-    """Medians over `cells` of the context switches per request: the proxy slept, the proxy was
+    """Context switches per request (medians over `cells`): the proxy slept, the proxy was
     preempted, the backends slept."""
-    return ", ".join(f"{statistics.median(getattr(c, f) for c in cells):.3f}" for f in (
-        "proxy_sleeps_per_req", "proxy_preempted_per_req", "backend_sleeps_per_req"))
+    return medians(cells, ("proxy_sleeps_per_req", "proxy_preempted_per_req",
+                           "backend_sleeps_per_req"), 3)
 
 
 def paired_table(runs: dict[str, dict[str, list[Cell]]]) -> str:
