@@ -26,7 +26,7 @@ use crate::endpoints::{
 use crate::lookup::{Lookup, TtlBounds};
 use crate::options::{Options, Source, Target, TargetHost};
 use crate::select::ZoneRouting;
-use crate::transport::{Pool, PoolOptions};
+use crate::transport::{Outbox, Pool, PoolOptions};
 
 /// A handle on one upstream service: cheap to clone, shared by every request.
 #[derive(Clone)]
@@ -73,14 +73,15 @@ impl Upstream {
             .map(HeaderValue::from_str)
             .transpose()
             .context("the Via value is not a valid header value")?;
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let outbox = Outbox::for_runtime(&mut tasks, &stop);
         let set = Arc::new(EndpointSet::new(
             options.ejection,
             Requests::new(options.probe.kind.path().unwrap_or("/"), via.as_ref()),
-            pool_builder(&options),
+            pool_builder(&options, outbox),
         ));
         set.register_metrics(registry);
-        let stop = CancellationToken::new();
-        let mut tasks = JoinSet::new();
         let prober = Prober::new(Arc::clone(&set), options.probe.clone(), registry);
         tasks.spawn(prober.run(stop.clone()));
         start_discovery(&target, &options, &set, registry, &mut tasks, &stop)?;
@@ -287,13 +288,16 @@ impl Refresh<'_> {
     }
 }
 
-/// Makes each endpoint's connection pool.
-fn pool_builder(options: &Options) -> impl Fn(SocketAddr) -> Pool + Send + Sync + 'static {
+/// Makes each endpoint's connection pool; all of them queue in `outbox`, when there is one.
+fn pool_builder(
+    options: &Options,
+    outbox: Option<Arc<Outbox>>,
+) -> impl Fn(SocketAddr) -> Pool + Send + Sync + 'static {
     let options = PoolOptions {
         connect_timeout: options.connect_timeout,
         idle_timeout: options.idle_timeout,
     };
-    move |addr| Pool::new(addr, options)
+    move |addr| Pool::new(addr, options, outbox.clone())
 }
 
 /// The Cloud Map namespace and service to ask: as configured, or else from the target's DNS

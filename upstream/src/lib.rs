@@ -61,8 +61,9 @@
 //!   current from a discovery source (serve-stale), and the prober.
 //! - `discovery`: the sources: DNS (A or SRV), Cloud Map's API, and stable membership over
 //!   capped DNS answers.
-//! - `transport`: each endpoint's connection pool and the HTTP/1.1 codec (request heads from
-//!   checked parts, answers read in place).
+//! - `transport`: each endpoint's connection pool, the outbox that writes a turn's short
+//!   requests together, and the HTTP/1.1 codec (request heads from checked parts, answers
+//!   read in place).
 //! - `lookup`: the shared words at the bottom: an answer, a lookup error, a record kind, the
 //!   lookup seam.
 

@@ -9,10 +9,11 @@
 //! all of them close when the endpoint leaves the set.
 //!
 //! The exchange runs in the caller's task, on [`super::http1`]'s wire format: the head written
-//! into the connection's own reused buffer and sent with the body in one write, reads into the
-//! connection's read buffer, the answer parsed where it lies. Its head is read first
-//! ([`Exchange`]); the caller then reads the body up to its bound, or lets the connection close
-//! with an answer it does not want. hyper's client would add a task per connection, channels
+//! into the connection's own reused buffer and sent with the body in one write (a short
+//! request that may be sent twice goes out with the turn's others, from the [`Outbox`]),
+//! reads into the connection's read buffer, the answer parsed where it lies. Its head is read
+//! first ([`Exchange`]); the caller then reads the body up to its bound, or lets the connection
+//! close with an answer it does not want. hyper's client would add a task per connection, channels
 //! between it and the caller, a header map per answer and a pool keyed by host: on a proxy's
 //! request path that was a quarter of hello's instructions (docs/performance.md).
 //!
@@ -25,20 +26,21 @@ use std::future::Future;
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use http::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWrite};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpSocket;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 
 use super::http1::{
     self, AttemptFields, Dechunker, Framing, Head, MAX_HEAD_BYTES, Outgoing, Parsed, WireError,
 };
+use super::outbox::{self, Outbox};
 
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 4096;
@@ -100,6 +102,9 @@ pub struct PoolOptions {
 pub struct Pool {
     addr: SocketAddr,
     options: PoolOptions,
+    /// Where short requests that may be sent twice wait for the turn's others; none writes
+    /// every request at once.
+    outbox: Option<Arc<Outbox>>,
     /// Idle connections, the most recently used last.
     idle: Mutex<Vec<Idle>>,
     /// Peak of requests in flight since the last sweep, and in the sweep before.
@@ -114,10 +119,12 @@ struct Idle {
 }
 
 /// A connection, its read buffer and the buffer its request heads are written into, both
-/// kept across requests.
+/// kept across requests. Its writing half is shared with the [`Outbox`] while a request waits
+/// there.
 #[derive(Debug)]
 struct Conn {
-    stream: TcpStream,
+    reader: OwnedReadHalf,
+    writer: Arc<OwnedWriteHalf>,
     buf: Vec<u8>,
     out: Vec<u8>,
     /// The [`Outgoing::id`] of the head in `out`, 0 for none: the same request sent again
@@ -186,11 +193,13 @@ impl From<WireError> for Failed {
 // === impl Pool ===
 
 impl Pool {
-    /// An empty pool for `addr`.
-    pub fn new(addr: SocketAddr, options: PoolOptions) -> Self {
+    /// An empty pool for `addr`; short requests that may be sent twice wait in `outbox`, when
+    /// there is one, for the turn's others.
+    pub fn new(addr: SocketAddr, options: PoolOptions, outbox: Option<Arc<Outbox>>) -> Self {
         Self {
             addr,
             options,
+            outbox,
             idle: Mutex::new(Vec::new()),
             peak: AtomicUsize::new(0),
             previous_peak: AtomicUsize::new(0),
@@ -243,7 +252,7 @@ impl Pool {
                     (conn, false)
                 }
             };
-            match conn.exchange(sending).await {
+            match conn.exchange(sending, self.outbox.as_deref()).await {
                 Ok(answer) => return Ok(Exchange::new(conn, answer)),
                 // A reused connection that the server closed as the request left: not the
                 // endpoint's failure. The head goes on another connection.
@@ -307,15 +316,23 @@ impl Pool {
         idle.drain(..excess);
     }
 
-    /// A pool with the default connect and idle timeouts, for tests.
+    /// A pool with the default connect and idle timeouts, for tests; inside a runtime, with an
+    /// outbox written by a task of that runtime.
     #[cfg(test)]
     pub(crate) fn for_tests(addr: SocketAddr) -> Self {
+        let outbox = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+            let outbox = Arc::new(Outbox::new());
+            let stop = tokio_util::sync::CancellationToken::new();
+            runtime.spawn(Arc::clone(&outbox).run(stop));
+            outbox
+        });
         Self::new(
             addr,
             PoolOptions {
                 connect_timeout: Duration::from_millis(250),
                 idle_timeout: Duration::from_secs(30),
             },
+            outbox,
         )
     }
 
@@ -348,8 +365,10 @@ impl Pool {
             .map_err(|_| PoolError::ConnectTimeout(timeout))?
             .map_err(PoolError::Connect)?;
         // The head it sends first was written before it was made, and becomes its buffer.
+        let (reader, writer) = stream.into_split();
         Ok(Conn {
-            stream,
+            reader,
+            writer: Arc::new(writer),
             buf: Vec::with_capacity(READ_SIZE),
             out: Vec::new(),
             out_id: 0,
@@ -438,7 +457,8 @@ impl Conn {
     /// it was idle. Costs no system call unless the socket was seen readable.
     fn is_open(&self) -> bool {
         match self
-            .stream
+            .reader
+            .as_ref()
             .poll_read_ready(&mut Context::from_waker(Waker::noop()))
         {
             Poll::Pending => true,
@@ -446,15 +466,26 @@ impl Conn {
             // Readable: bytes or a close arrived, or the readiness is left over from the last
             // answer's read. Only an empty read says it is still open.
             Poll::Ready(Ok(())) => matches!(
-                self.stream.try_read(&mut [0u8; 1]),
+                self.reader.try_read(&mut [0u8; 1]),
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock
             ),
         }
     }
 
-    /// Writes the head in `out` and the body, and reads the answer's head.
-    async fn exchange(&mut self, sending: Sending<'_>) -> Result<Answer, Failed> {
-        self.write(sending.body).await?;
+    /// Writes the head in `out` and the body, or queues them in `outbox` when the request may
+    /// be sent twice and is short, and reads the answer's head.
+    async fn exchange(
+        &mut self,
+        sending: Sending<'_>,
+        outbox: Option<&Outbox>,
+    ) -> Result<Answer, Failed> {
+        let short = self.out.len() + sending.body.len() <= outbox::MAX_QUEUED;
+        match outbox {
+            Some(outbox) if sending.replayable && short => {
+                outbox.push(&self.writer, &self.out, sending.body);
+            }
+            _ => self.write(sending.body).await?,
+        }
         let (head, range) = self.read_head(sending.head_only).await?;
         let status =
             StatusCode::from_u16(head.status).map_err(|_| WireError::Head("bad status line"))?;
@@ -472,17 +503,23 @@ impl Conn {
         let total = head + body.len();
         let mut written = 0;
         while written < total {
-            let (stream, out) = (&mut self.stream, &self.out);
+            let (writer, out) = (&*self.writer, &self.out);
             // The slices are made at each poll: the future holds no room for them.
             let wrote = std::future::poll_fn(|cx| {
-                let stream = Pin::new(&mut *stream);
-                if written >= head {
-                    stream.poll_write(cx, &body[written - head..])
-                } else if body.is_empty() {
-                    stream.poll_write(cx, &out[written..])
-                } else {
-                    let parts = [IoSlice::new(&out[written..]), IoSlice::new(body)];
-                    stream.poll_write_vectored(cx, &parts)
+                loop {
+                    ready!(writer.as_ref().poll_write_ready(cx))?;
+                    let wrote = if written >= head {
+                        writer.try_write(&body[written - head..])
+                    } else if body.is_empty() {
+                        writer.try_write(&out[written..])
+                    } else {
+                        let parts = [IoSlice::new(&out[written..]), IoSlice::new(body)];
+                        writer.try_write_vectored(&parts)
+                    };
+                    match wrote {
+                        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                        wrote => return Poll::Ready(wrote),
+                    }
                 }
             })
             .await;
@@ -504,7 +541,7 @@ impl Conn {
             silent,
             sent: true,
         };
-        match self.stream.read_buf(&mut self.buf).await {
+        match self.reader.read_buf(&mut self.buf).await {
             Ok(0) => Err(failed(PoolError::Closed)),
             Ok(read) => Ok(read),
             Err(err) => Err(failed(PoolError::Io(err))),

@@ -228,7 +228,7 @@ async fn read_through(
     let reusable = exchange.reusable;
     if reusable && (wire.closes || wire.bytes.len() > wire.answer_end) {
         // Wait for what follows (or the close) to reach the socket.
-        exchange.conn.stream.readable().await.unwrap();
+        exchange.conn.reader.readable().await.unwrap();
     }
     pool.release(exchange, 1, Instant::now());
     pool.sweep(Instant::now());
