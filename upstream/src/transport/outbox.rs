@@ -54,6 +54,8 @@ pub struct Outbox {
 struct Queue {
     bytes: Vec<u8>,
     writes: Vec<(Arc<OwnedWriteHalf>, Range<usize>)>,
+    /// Set when the writer stopped: nothing more is queued.
+    closed: bool,
 }
 
 impl Outbox {
@@ -73,10 +75,15 @@ impl Outbox {
         Some(outbox)
     }
 
-    /// Queues `head` and then `body` (together at most [`MAX_QUEUED`] bytes) for `socket`.
-    pub fn push(&self, socket: &Arc<OwnedWriteHalf>, head: &[u8], body: &[u8]) {
+    /// Queues `head` and then `body` (together at most [`MAX_QUEUED`] bytes) for `socket`;
+    /// false, with nothing queued, once the writer has stopped: the caller writes them.
+    #[must_use]
+    pub fn push(&self, socket: &Arc<OwnedWriteHalf>, head: &[u8], body: &[u8]) -> bool {
         {
             let mut queue = self.queue();
+            if queue.closed {
+                return false;
+            }
             let start = queue.bytes.len();
             queue.bytes.extend_from_slice(head);
             queue.bytes.extend_from_slice(body);
@@ -86,20 +93,26 @@ impl Outbox {
         if !self.scheduled.swap(true, Ordering::AcqRel) {
             self.writer.wake();
         }
+        true
     }
 
-    /// Writes each burst of queued requests until `stop`.
+    /// Writes each burst of queued requests until `stop`; then the last, and takes no more.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut burst = Queue::default();
         let bursts = async {
             loop {
                 self.queued().await;
                 self.scheduled.store(false, Ordering::Release);
-                std::mem::swap(&mut *self.queue(), &mut burst);
+                self.queue().hand_over(&mut burst);
                 burst.write();
             }
         };
         stop.run_until_cancelled(bursts).await;
+        let mut queue = self.queue();
+        queue.closed = true;
+        queue.hand_over(&mut burst);
+        drop(queue);
+        burst.write();
     }
 
     /// Waits until requests were queued.
@@ -124,6 +137,12 @@ impl Outbox {
 }
 
 impl Queue {
+    /// Gives what is queued to `burst`, which must be empty, and takes its buffers.
+    fn hand_over(&mut self, burst: &mut Queue) {
+        std::mem::swap(&mut self.bytes, &mut burst.bytes);
+        std::mem::swap(&mut self.writes, &mut burst.writes);
+    }
+
     /// Writes every request, and empties the queue. A request that did not leave whole closes
     /// its connection: its caller, reading the answer, finds it closed.
     fn write(&mut self) {
@@ -180,7 +199,7 @@ mod tests {
             servers.push(server.into_std().unwrap());
         }
         for (i, (socket, _)) in sockets.iter().enumerate() {
-            outbox.push(socket, format!("head {i};").as_bytes(), b"body");
+            assert!(outbox.push(socket, format!("head {i};").as_bytes(), b"body"));
         }
         // Nothing leaves while the queueing task runs; all of it in the runtime's next turn.
         let mut got = [0u8; 64];
@@ -210,7 +229,7 @@ mod tests {
         socket2::SockRef::from(stream)
             .shutdown(std::net::Shutdown::Write)
             .unwrap();
-        outbox.push(&socket, b"GET / HTTP/1.1\r\n\r\n", b"");
+        assert!(outbox.push(&socket, b"GET / HTTP/1.1\r\n\r\n", b""));
         let mut buf = [0u8; 16];
         let read = tokio::time::timeout(Duration::from_secs(5), read.read(&mut buf))
             .await
@@ -230,7 +249,7 @@ mod tests {
         let writer = tokio::spawn(Arc::clone(&outbox).run(stop.clone()));
         let (socket, _read, mut server) = pair(&listener).await;
         for round in 0..20u8 {
-            outbox.push(&socket, &[round], b"");
+            assert!(outbox.push(&socket, &[round], b""));
             let mut got = [0u8; 1];
             tokio::time::timeout(Duration::from_secs(5), server.read_exact(&mut got))
                 .await
@@ -243,5 +262,23 @@ mod tests {
             .await
             .expect("the writer stops")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn what_was_queued_when_the_writer_stopped_leaves_and_nothing_more_is_taken() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (mut tasks, stop) = (JoinSet::new(), CancellationToken::new());
+        let outbox = Outbox::for_runtime(&mut tasks, &stop).expect("a current-thread runtime");
+        let (socket, _read, mut server) = pair(&listener).await;
+        assert!(outbox.push(&socket, b"last", b""));
+        stop.cancel();
+        tasks.join_next().await.unwrap().unwrap();
+
+        let mut got = [0u8; 4];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"last");
+        // The caller is told to write it itself.
+        assert!(!outbox.push(&socket, b"late", b""));
+        assert!(outbox.queue().writes.is_empty());
     }
 }

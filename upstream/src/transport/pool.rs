@@ -473,18 +473,18 @@ impl Conn {
     }
 
     /// Writes the head in `out` and the body, or queues them in `outbox` when the request may
-    /// be sent twice and is short, and reads the answer's head.
+    /// be sent twice and is short (and the outbox's writer runs), and reads the answer's head.
     async fn exchange(
         &mut self,
         sending: Sending<'_>,
         outbox: Option<&Outbox>,
     ) -> Result<Answer, Failed> {
         let short = self.out.len() + sending.body.len() <= outbox::MAX_QUEUED;
-        match outbox {
-            Some(outbox) if sending.replayable && short => {
-                outbox.push(&self.writer, &self.out, sending.body);
-            }
-            _ => self.write(sending.body).await?,
+        let queued = sending.replayable
+            && short
+            && outbox.is_some_and(|outbox| outbox.push(&self.writer, &self.out, sending.body));
+        if !queued {
+            self.write(sending.body).await?;
         }
         let (head, range) = self.read_head(sending.head_only).await?;
         let status =

@@ -461,3 +461,23 @@ async fn a_request_sent_again_on_its_connection_goes_as_built_and_a_changed_one_
     assert_eq!(seen[0].raw, seen[3].raw);
     assert_ne!(seen[4].header("traceparent"), seen[5].header("traceparent"));
 }
+
+#[tokio::test]
+async fn calls_on_a_clone_still_go_out_after_the_upstream_was_shut_down() {
+    // Each request on the current-thread runtime, queued to leave with the turn's others
+    // before, goes out from its caller once the writer has stopped.
+    let raw = Raw::start(local(), |_| Act::Answer(ok("still")));
+    let (upstream, _registry) = fixed(raw.addr, |_| {});
+    let get = Request::get("/").unwrap();
+    upstream.send(&get).await.unwrap();
+    let clone = upstream.clone();
+
+    upstream.shutdown().await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), clone.send(&get))
+        .await
+        .expect("not left waiting")
+        .unwrap();
+
+    assert_eq!(&reply.answer.body()[..], b"still");
+    assert_eq!(raw.seen().len(), 2);
+}
