@@ -1012,6 +1012,40 @@ def paired_table(runs: dict[str, dict[str, list[Cell]]]) -> str:
     return "\n".join(rows) + "\n" if len(rows) > 2 else ""
 
 
+def pooled_table(paths: list[str]) -> str:
+    """hello against HAProxy over several runs' results.json: every repetition's pair of req/s
+    (hello's i-th against HAProxy's i-th, which ran back to back) from each run, pooled per
+    cell. One run's 6-20 pairs leave an interval of +-10 % on a shared machine; pooling runs
+    narrows it. The CPU split is per repetition only in the run's own report, so it is left out."""
+    pooled: dict[tuple[str, str, int], list[float]] = {}
+    runs: dict[tuple[str, str, int], int] = {}
+    for path in paths:
+        result = json.loads(Path(path).read_text())
+        for mode, label in (("cells", "{} backend"), ("endpoints", "{} A records")):
+            rows = result.get(mode, [])
+            by_key = {(r["backend"], r["conns"], r["proxy"]): r for r in rows}
+            for (backend, conns, proxy), hello in by_key.items():
+                haproxy = by_key.get((backend, conns, "haproxy"))
+                if proxy != "hello" or haproxy is None:
+                    continue
+                key = (label.format(backend), backend, conns)
+                pairs = [h / o for h, o in zip(hello["rps_runs"], haproxy["rps_runs"]) if o]
+                pooled.setdefault(key, []).extend(pairs)
+                runs[key] = runs.get(key, 0) + 1
+    rows = ["| cell | connections | runs | pairs | hello/HAProxy req/s (median of pairs) | "
+            "95 % interval | pairs hello ahead | geometric mean |", "|" + "---|" * 8]
+    for key, ratios in pooled.items():
+        ci = median_ci(ratios)
+        geomean = math.exp(statistics.fmean(math.log(r) for r in ratios))
+        rows.append(f"| {key[0]} | {key[2]} | {runs[key]} | {len(ratios)} | "
+                    f"{statistics.median(ratios):.3f} | "
+                    + (f"{ci[0]:.3f} to {ci[1]:.3f}" if ci else "(6 pairs or more)")
+                    + f" | {sum(r > 1 for r in ratios)} | {geomean:.3f} |")
+    if len(rows) == 2:
+        raise BenchError("no cell with both hello and HAProxy in " + ", ".join(paths))
+    return "## hello against HAProxy, pairs pooled over runs\n\n" + "\n".join(rows) + "\n"
+
+
 def check_table(table: str, columns: int, rps_column: int) -> None:
     """Smoke assertion: the table parses back, every row has `columns` cells and a req/s > 0."""
     rows = [r for r in table.strip().splitlines()[2:] if r.startswith("|")]
@@ -1098,12 +1132,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "but latencies are wrk's own, corrected for coordinated omission")
     p.add_argument("--no-haproxy", action="store_true", help="leave HAProxy out even if installed")
     p.add_argument("--baseline", help="results.json of an earlier run: print hello's change against it")
-    p.add_argument("--bin-dir", required=True, help="directory of the release binaries (set by scripts/bench)")
+    p.add_argument("--pool", nargs="+", metavar="RESULTS_JSON",
+                   help="run nothing: pool the hello/HAProxy pairs of these runs' results.json per cell "
+                        "and print their median, 95 %% interval and geometric mean")
+    p.add_argument("--bin-dir", help="directory of the release binaries (set by scripts/bench)")
     p.add_argument("--symbols-bin-dir", help="directory of binaries with symbols, for callgrind")
-    p.add_argument("--out", required=True, help="directory for results (set by scripts/bench: target/bench)")
+    p.add_argument("--out", help="directory for results (set by scripts/bench: target/bench)")
     p.add_argument("--no-build", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-install", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if not args.pool and not (args.bin_dir and args.out):
+        p.error("--bin-dir and --out are required (scripts/bench sets them)")
     # The backends' core, resolved once: None when the scheduler places them.
     if args.backend_cpu == "none":
         args.backend_core = None
@@ -1309,6 +1348,13 @@ def baseline_report(result: dict, baseline_path: str) -> str:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.pool:
+        try:
+            print(pooled_table(args.pool))
+        except (BenchError, OSError, ValueError, KeyError) as err:
+            log(f"cannot pool: {err}")
+            return 1
+        return 0
     out_dir = Path(args.out)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     run_dir = (out_dir / f"{'smoke' if args.smoke else 'run'}-{stamp}").resolve()
