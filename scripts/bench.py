@@ -1036,11 +1036,13 @@ def pooled_table(paths: list[str]) -> str:
             "95 % interval | pairs hello ahead | geometric mean |", "|" + "---|" * 8]
     for key, ratios in pooled.items():
         ci = median_ci(ratios)
-        geomean = math.exp(statistics.fmean(math.log(r) for r in ratios))
+        # A hello cell that answered nothing has a ratio of 0, and no geometric mean.
+        geomean = (f"{math.exp(statistics.fmean(math.log(r) for r in ratios)):.3f}"
+                   if min(ratios) > 0 else "-")
         rows.append(f"| {key[0]} | {key[2]} | {runs[key]} | {len(ratios)} | "
                     f"{statistics.median(ratios):.3f} | "
                     + (f"{ci[0]:.3f} to {ci[1]:.3f}" if ci else "(6 pairs or more)")
-                    + f" | {sum(r > 1 for r in ratios)} | {geomean:.3f} |")
+                    + f" | {sum(r > 1 for r in ratios)} | {geomean} |")
     if len(rows) == 2:
         raise BenchError("no cell with both hello and HAProxy in " + ", ".join(paths))
     return "\n".join(rows) + "\n"
