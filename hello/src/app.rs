@@ -8,7 +8,7 @@ use std::sync::{Arc, LazyLock};
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use common::request_log::{note_error, note_upstream};
@@ -24,12 +24,18 @@ use tower::util::MapResponseLayer;
 use crate::config::VIA_PSEUDONYM;
 use upstream::{CallError, Upstream};
 
-/// What the handlers share.
+/// What the handlers share. axum clones the state for every request (the route's service and
+/// the `State` extractor each hold one), so it is one `Arc`: one count to raise and lower, and
+/// a pointer in the futures it is moved through.
 #[derive(Clone)]
 pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
     instance: Arc<str>,
     upstream: Upstream,
-    registry: Arc<Registry>,
+    registry: Registry,
     answered: Counter,
     unavailable: Counter,
     loops: Counter,
@@ -61,24 +67,26 @@ impl AppState {
             loops.clone(),
         );
         Self {
-            instance: instance.into(),
-            upstream,
-            registry: Arc::new(registry),
-            answered,
-            unavailable,
-            loops,
+            inner: Arc::new(Shared {
+                instance: instance.into(),
+                upstream,
+                registry,
+                answered,
+                unavailable,
+                loops,
+            }),
         }
     }
 
     /// The upstream the handlers call.
     pub fn upstream(&self) -> &Upstream {
-        &self.upstream
+        &self.inner.upstream
     }
 
     /// Every registered metric in the OpenMetrics text format, as `/metrics` serves it.
     pub fn encode_metrics(&self) -> Result<String, std::fmt::Error> {
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        prometheus_client::encoding::text::encode(&mut text, &self.inner.registry)?;
         Ok(text)
     }
 }
@@ -195,7 +203,7 @@ async fn answer(state: AppState, looped: bool, json: bool) -> Result<Response, A
     if looped {
         // A record that points back at hello (a misconfigured name, a reused address) would
         // make every request call hello again, without end: refuse at once, never amplify.
-        state.loops.inc();
+        state.inner.loops.inc();
         return Ok((
             StatusCode::LOOP_DETECTED,
             "loop detected: this request already passed through hello (Via)\n",
@@ -208,10 +216,10 @@ async fn answer(state: AppState, looped: bool, json: bool) -> Result<Response, A
     if let Some(upstream_trace) = upstream_trace(&trace) {
         call = call.with_trace(upstream_trace);
     }
-    let reply = match state.upstream.call(&call, decode).await {
+    let reply = match state.inner.upstream.call(&call, decode).await {
         Ok(reply) => reply,
         Err(error) => {
-            state.unavailable.inc();
+            state.inner.unavailable.inc();
             // No attempt is made without an endpoint; the count of a failed call's attempts
             // is in its message only.
             let attempts = (error.kind() != "all_attempts_failed").then_some(0);
@@ -223,16 +231,16 @@ async fn answer(state: AppState, looped: bool, json: bool) -> Result<Response, A
             });
         }
     };
-    state.answered.inc();
+    state.inner.answered.inc();
     note_upstream(reply.endpoint, reply.attempts);
     let answer = &reply.answer;
     // Built by hand: the formatting machinery costs more than the copies.
     let mut greeting = String::with_capacity(
-        32 + state.instance.len() + answer.name.len() + answer.instance.len(),
+        32 + state.inner.instance.len() + answer.name.len() + answer.instance.len(),
     );
     for part in [
         "Hello (from ",
-        &state.instance,
+        &state.inner.instance,
         ") ",
         &answer.name,
         " (from ",
@@ -245,12 +253,14 @@ async fn answer(state: AppState, looped: bool, json: bool) -> Result<Response, A
         let body = greeting_json(
             &greeting,
             &answer.name,
-            &state.instance,
+            &state.inner.instance,
             &answer.instance,
             reply.endpoint,
             reply.attempts,
         );
-        Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+        // A static value: from a `&str`, axum would copy it into a new allocation per answer.
+        let content_type = HeaderValue::from_static("application/json");
+        Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
     } else {
         Ok((greeting + "\n").into_response())
     }
@@ -270,13 +280,13 @@ fn came_through_hello(headers: &HeaderMap) -> bool {
 /// Ready while at least one endpoint is known. The load balancer checks `/healthz` instead:
 /// an outage of `name` must not take `hello` out of service with it.
 async fn ready(State(state): State<AppState>) -> (StatusCode, String) {
-    let known = state.upstream.known_endpoints();
+    let known = state.inner.upstream.known_endpoints();
     if known > 0 {
         (StatusCode::OK, format!("ready: {known} endpoints"))
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("no endpoints known for {}", state.upstream.name()),
+            format!("no endpoints known for {}", state.inner.upstream.name()),
         )
     }
 }
@@ -297,7 +307,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 async fn debug_endpoints(State(state): State<AppState>) -> Json<upstream::Report> {
-    Json(state.upstream.report())
+    Json(state.inner.upstream.report())
 }
 
 /// A request `hello` could not answer with a name: 503, with the reason in words and the
