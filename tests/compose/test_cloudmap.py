@@ -9,6 +9,7 @@ and is torn down, with moto and the registrar, after this module. The tests shar
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -18,9 +19,9 @@ from dataclasses import dataclass
 import pytest
 import requests
 
-from cloudmap import Moto, Registrar, docker_host_address, monotonic_of
+from cloudmap import MOTO_VENV, Moto, Registrar, docker_host_address, monotonic_of
 from stack import (HEALTHY_DEADLINE, MEASUREMENTS, REQUEST_TIMEOUT, ROOT, Stack, Traffic,
-                   compose_command, poll)
+                   compose_command, poll, run)
 
 # The registrar's reconciliation interval, here.
 REGISTRAR_INTERVAL = 0.5
@@ -196,3 +197,22 @@ def test_killing_a_replica_deregisters_it_and_loses_no_request(demo: CloudMapDem
     assert victim not in traffic.instances_since(killed)
     MEASUREMENTS["API mode, docker kill: kill -> deregistration"] = f"{deregistered - kill_sent:.2f} s"
     MEASUREMENTS["API mode, docker kill: deregistration -> hello dropped it"] = f"{dropped - deregistered:.2f} s"
+
+
+def test_the_registrar_leaves_out_a_container_removed_while_it_looks(demo: CloudMapDemo):
+    """`--scale` removes containers between the registrar's `docker ps` and its `docker
+    inspect`, and docker then exits 1 for the whole list: the registrar keeps the containers
+    still there instead of exiting."""
+    present = demo.stack.container_ids("name")[0]
+    gone = "0" * 64
+    code = (
+        "import importlib.machinery, importlib.util, json, sys\n"
+        "loader = importlib.machinery.SourceFileLoader('registrar', sys.argv[1])\n"
+        "spec = importlib.util.spec_from_loader('registrar', loader)\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "loader.exec_module(module)\n"
+        "print(json.dumps([c['Id'] for c in module.inspect_containers(sys.argv[2:])]))\n"
+    )
+    found = json.loads(run([str(MOTO_VENV / "bin" / "python"), "-c", code,
+                            str(ROOT / "scripts" / "cloudmap-registrar"), present, gone]))
+    assert found == [present]
